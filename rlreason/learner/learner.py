@@ -1,0 +1,177 @@
+"""Learner: the Ray actor that owns the trainable policy, its optimizer and (optionally) a frozen reference.
+
+One `train_step` per rollout batch: an old-policy forward without gradient (logprobs, entropy), the
+configured estimator's advantages, then `learner.ppo_epochs` passes over `learner.mini_batches`
+mini-batches of the PPO-clip loss, one AdamW step each, gradients clipped to `learner.grad_clip`.
+With one epoch and one mini-batch the update is on-policy and the old logprobs are the detached
+logprobs of the very forward that is differentiated, so the ratio is exactly 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from rlreason.algos import ESTIMATORS
+from rlreason.algos.kl import kl_k3
+from rlreason.algos.losses import aggregate, ppo_clip_loss
+from rlreason.batch import RolloutBatch
+from rlreason.learner.forward import response_logprobs
+from rlreason.policy import load_policy, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class Learner:
+    """Wrap with `ray.remote(num_cpus=...)(Learner)`; also usable in-process for tests."""
+
+    def __init__(self, model_path: str, learner_cfg, algo_cfg, temperature: float, max_new_tokens: int, seed: int = 0):
+        self.cfg = learner_cfg
+        self.algo = algo_cfg
+        self.temperature = temperature
+        self.norm_len = algo_cfg.loss_norm_len or max_new_tokens
+        if learner_cfg.threads:
+            torch.set_num_threads(learner_cfg.threads)
+        torch.manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.model = load_policy(model_path)
+        self.model.train()
+        self.tokenizer = load_tokenizer(model_path)
+        self.ref = None
+        if algo_cfg.kl_coef > 0:
+            self.ref = load_policy(model_path)
+            self.ref.eval()
+            self.ref.requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=learner_cfg.lr,
+            betas=(learner_cfg.beta1, learner_cfg.beta2),
+            weight_decay=learner_cfg.weight_decay,
+        )
+        if algo_cfg.estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {algo_cfg.estimator!r}; choose one of {sorted(ESTIMATORS)}")
+        self.estimator = ESTIMATORS[algo_cfg.estimator]
+        self.version = 0
+
+    def _autocast(self):
+        if self.cfg.dtype == "bf16":
+            return torch.autocast("cpu" if not torch.cuda.is_available() else "cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _forward(self, model, b: RolloutBatch, with_entropy: bool = False) -> dict:
+        with self._autocast():
+            return response_logprobs(
+                model, b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask, self.temperature, with_entropy
+            )
+
+    def get_weights(self) -> dict:
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    @torch.no_grad()
+    def score_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
+        self.model.eval()
+        try:
+            return self._forward(self.model, batch)["logprobs"]
+        finally:
+            self.model.train()
+
+    def train_step(self, batch: RolloutBatch) -> dict:
+        t0 = time.perf_counter()
+        mask = batch.response_mask.float()
+        with torch.no_grad():
+            old = self._forward(self.model, batch, with_entropy=True)
+            ref_logp = self._forward(self.ref, batch)["logprobs"] if self.ref is not None else None
+        advantages = self.estimator(batch, self.algo, {"old_logprobs": old["logprobs"], "entropy": old["entropy"]})
+        advantages = advantages * mask
+
+        metrics = {
+            "entropy/mean": float(aggregate(old["entropy"], mask, "token-mean")),
+            # k3 estimate of KL(pi_sample || pi_train) on the sampled tokens
+            "kl/rollout_vs_train": float(aggregate(kl_k3(batch.sampling_logprobs, old["logprobs"]), mask, "token-mean")),
+            "kl/rollout_ratio_gt2_frac": float(
+                aggregate((old["logprobs"] - batch.sampling_logprobs > torch.log(torch.tensor(2.0))).float(), mask, "token-mean")
+            ),
+            "advantage/mean": float(aggregate(advantages, mask, "token-mean")),
+            "advantage/abs_mean": float(aggregate(advantages.abs(), mask, "token-mean")),
+        }
+
+        single = self.cfg.mini_batches == 1 and self.cfg.ppo_epochs == 1
+        B = batch.size
+        sums: dict[str, float] = {}
+        n_updates = 0
+        tokens = 0
+        for _ in range(self.cfg.ppo_epochs):
+            perm = torch.randperm(B, generator=self.generator) if not single else torch.arange(B)
+            for idx in torch.chunk(perm, self.cfg.mini_batches):
+                mb = batch.select(idx)
+                mb_mask = mask[idx]
+                out = self._forward(self.model, mb, with_entropy=self.algo.entropy_coef > 0)
+                logp = out["logprobs"]
+                old_logp = logp.detach() if single else old["logprobs"][idx]
+                pg_tok, info = ppo_clip_loss(logp, old_logp, advantages[idx], self.algo.clip_eps_low, self.algo.clip_eps_high)
+                pg_loss = aggregate(pg_tok, mb_mask, self.algo.loss_agg, self.norm_len)
+                loss = pg_loss
+                if ref_logp is not None:
+                    kl = kl_k3(logp, ref_logp[idx], self.algo.kl_clamp)
+                    kl_loss = aggregate(kl, mb_mask, self.algo.loss_agg, self.norm_len)
+                    loss = loss + self.algo.kl_coef * kl_loss
+                    sums["kl/ref"] = sums.get("kl/ref", 0.0) + kl_loss.item()
+                if self.algo.entropy_coef > 0:
+                    loss = loss - self.algo.entropy_coef * aggregate(out["entropy"], mb_mask, self.algo.loss_agg, self.norm_len)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+                self.optimizer.step()
+                n_updates += 1
+                tokens += int(mb.prompt_mask.sum() + mb.response_mask.sum())
+                for k, v in (
+                    ("loss/policy", pg_loss.item()),
+                    ("loss/total", loss.item()),
+                    ("grad_norm", grad_norm.item()),
+                    ("clip/low_frac", float(aggregate(info["clipped_low"].float(), mb_mask, "token-mean"))),
+                    ("clip/high_frac", float(aggregate(info["clipped_high"].float(), mb_mask, "token-mean"))),
+                    ("ratio/mean", float(aggregate(info["ratio"], mb_mask, "token-mean"))),
+                ):
+                    sums[k] = sums.get(k, 0.0) + v
+        metrics.update({k: v / n_updates for k, v in sums.items()})
+        if ref_logp is None:
+            metrics["kl/ref"] = 0.0
+        self.version += 1
+        elapsed = time.perf_counter() - t0
+        metrics["throughput/train_tokens_per_s"] = tokens / max(elapsed, 1e-9)
+        metrics["learner/version"] = self.version
+        return metrics
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def save(self, directory: str) -> None:
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(d / "policy")
+        self.tokenizer.save_pretrained(d / "policy")
+        torch.save(
+            {
+                "optimizer": self.optimizer.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "generator": self.generator.get_state(),
+                "version": self.version,
+            },
+            d / "learner.pt",
+        )
+
+    def load(self, directory: str) -> int:
+        d = Path(directory)
+        # through from_pretrained, so HF's on-disk layout (e.g. per-expert MoE weights) maps back
+        saved = load_policy(d / "policy")
+        self.model.load_state_dict(saved.state_dict(), strict=True)
+        del saved
+        extra = torch.load(d / "learner.pt", weights_only=False)
+        self.optimizer.load_state_dict(extra["optimizer"])
+        torch.set_rng_state(extra["torch_rng"])
+        self.generator.set_state(extra["generator"])
+        self.version = extra["version"]
+        return self.version

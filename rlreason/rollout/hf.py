@@ -1,0 +1,82 @@
+"""The transformers rollout engine: batched sampling with HF `generate`.
+
+Returns per-token sampling logprobs computed from the raw logits at the sampling temperature (the
+same quantity the learner computes), so `kl/rollout_vs_train` measures only numerical drift.
+`top_k` is disabled explicitly (HF's default of 50 would silently truncate the distribution).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rlreason.batch import RolloutBatch
+from rlreason.policy import load_policy, load_tokenizer
+
+
+class HFEngine:
+    def __init__(self, model_path: str, threads: int = 0):
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = load_policy(model_path)
+        self.model.eval()
+        self.tokenizer = load_tokenizer(model_path)
+        self.pad_id = self.tokenizer.pad_token_id
+        self.eos_id = self.tokenizer.eos_token_id
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.model.load_state_dict(state_dict, strict=True)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: list[str],
+        n: int,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        greedy: bool = False,
+        seed: int | None = None,
+    ) -> tuple[RolloutBatch, list[str]]:
+        enc = self.tokenizer(
+            prompts, return_tensors="pt", padding=True, add_special_tokens=False, return_token_type_ids=False
+        )
+        prompt_ids = enc.input_ids.repeat_interleave(n, dim=0)
+        prompt_mask = enc.attention_mask.repeat_interleave(n, dim=0)
+        if seed is not None:
+            torch.manual_seed(seed)
+        out = self.model.generate(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=not greedy,
+            temperature=None if greedy else temperature,
+            top_p=None if greedy else top_p,
+            top_k=None if greedy else 0,
+            pad_token_id=self.pad_id,
+            eos_token_id=self.eos_id,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+        P = prompt_ids.shape[1]
+        response_ids = out.sequences[:, P:]
+        temp = 1.0 if greedy else temperature
+        logits = torch.stack(out.logits, dim=1).float() / temp
+        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
+        is_eos = response_ids == self.eos_id
+        # tokens up to and including the first EOS belong to the response
+        after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0
+        response_mask = (~after_eos).long()
+        truncated = ~is_eos.any(-1)
+        response_ids = response_ids.masked_fill(after_eos, self.pad_id)
+        logprobs = logprobs.masked_fill(after_eos, 0.0)
+        texts = self.tokenizer.batch_decode(response_ids, skip_special_tokens=True)
+        batch = RolloutBatch(
+            prompt_ids=prompt_ids,
+            prompt_mask=prompt_mask,
+            response_ids=response_ids,
+            response_mask=response_mask,
+            sampling_logprobs=logprobs,
+            group_index=torch.arange(len(prompts)).repeat_interleave(n),
+            truncated=truncated,
+        )
+        return batch, texts

@@ -1,0 +1,60 @@
+"""RolloutWorker: the Ray actor that owns one inference engine and generates groups of responses."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from rlreason.batch import RolloutBatch
+
+log = logging.getLogger(__name__)
+
+
+class RolloutWorker:
+    """Wrap with `ray.remote(num_cpus=...)(RolloutWorker)`; also usable in-process for tests."""
+
+    def __init__(self, engine: str, model_path: str, threads: int = 0):
+        if engine != "hf":
+            raise ValueError(f"rollout.engine={engine!r} is not available; choose one of: hf")
+        from rlreason.rollout.hf import HFEngine
+
+        self.engine = HFEngine(model_path, threads=threads)
+        self.weights_version = 0
+
+    def load_weights(self, state_dict: dict, version: int) -> int:
+        """Replace all weights at once; generation never sees a mix of versions (the actor is
+        single-threaded, so no generate call can interleave with this one)."""
+        self.engine.load_state_dict(state_dict)
+        self.weights_version = version
+        return version
+
+    def generate(
+        self,
+        prompts: list[str],
+        group_offset: int,
+        n: int,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        greedy: bool = False,
+        seed: int | None = None,
+    ) -> tuple[RolloutBatch, list[str]]:
+        batch, texts = self.engine.generate(
+            prompts, n, max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy, seed=seed
+        )
+        batch.group_index = batch.group_index + group_offset
+        batch.weights_version = self.weights_version
+        return batch, texts
+
+    @torch.no_grad()
+    def score_logprobs(self, batch: RolloutBatch, temperature: float = 1.0) -> torch.Tensor:
+        """Teacher-forced logprobs of given responses under this worker's weights (for checks)."""
+        from rlreason.learner.forward import response_logprobs
+
+        return response_logprobs(
+            self.engine.model, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask, temperature
+        )["logprobs"]
+
+    def ping(self) -> int:
+        return self.weights_version

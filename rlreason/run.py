@@ -1,0 +1,225 @@
+"""Entry point: ``python rlreason/run.py recipe=<name> [model=..] [task=..] [scale=..] [key.path=value ...]``.
+
+Composes the Hydra config groups under `recipes/` over the schema in `rlreason/config.py`, validates
+it (a user mistake ends in a one-paragraph message and exit code 2, before any actor starts), then
+joins the Ray cluster named by ``ray.address`` or ``RAY_ADDRESS`` (as under ``ray job submit``) or
+starts a local one, and runs the trainer.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# run as a script (`python rlreason/run.py`): make the checkout and the working directory importable,
+# so rlreason/, rewards/, curricula/ and a team's own verifier modules resolve without installation.
+for p in (str(REPO_ROOT), os.getcwd()):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+QUIET_ENV = {
+    "TRANSFORMERS_VERBOSITY": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "RAY_DEDUP_LOGS": "1",
+}
+for k, v in QUIET_ENV.items():
+    os.environ.setdefault(k, v)
+
+GROUPS = ("recipe", "model", "task", "scale")
+CONFIG_DIR = REPO_ROOT / "recipes"
+
+
+def group_choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+class UserError(Exception):
+    pass
+
+
+def _schema_keys(path: list[str]) -> list[str] | None:
+    """Valid child keys of the schema node at `path` (None if `path` is not a node)."""
+    import dataclasses
+
+    from rlreason.config import Config
+
+    node = Config
+    for part in path:
+        fields = {f.name: f for f in dataclasses.fields(node)}
+        if part not in fields:
+            return None
+        default = fields[part].default_factory() if fields[part].default_factory is not dataclasses.MISSING else None
+        if not dataclasses.is_dataclass(default):
+            return None
+        node = type(default)
+    return sorted(f.name for f in dataclasses.fields(node))
+
+
+def _unknown_key_message(full_key: str) -> str:
+    import difflib
+
+    parts = full_key.split(".")
+    # walk down as far as the schema knows the path
+    depth = 0
+    while depth < len(parts) - 1 and _schema_keys(parts[: depth + 1]) is not None:
+        depth += 1
+    parent, bad = parts[:depth], parts[depth]
+    valid = _schema_keys(parent) or []
+    where = f"under '{'.'.join(parent)}'" if parent else "at the top level"
+    hint = difflib.get_close_matches(bad, valid, n=1)
+    msg = f"unknown config key '{full_key}': '{bad}' is not a key {where}."
+    if hint:
+        msg += f" Did you mean '{'.'.join(parent + [hint[0]])}'?"
+    msg += f" Valid keys {where}: {', '.join(valid)}."
+    if not parent:
+        msg += f" Config groups: {', '.join(GROUPS)}."
+    return msg
+
+
+def compose(overrides: list[str]):
+    """Compose and validate the config; raise UserError with a one-paragraph message."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from rlreason.config import Config, ConfigError, validate
+
+    for ov in overrides:
+        if "=" not in ov:
+            raise UserError(
+                f"cannot read argument '{ov}': arguments are key=value overrides, e.g. recipe=grpo scale=smoke "
+                f"algo.kl_coef=0.04 (config groups: {', '.join(GROUPS)})."
+            )
+        key, value = ov.split("=", 1)
+        key = key.lstrip("+~")
+        if key in GROUPS and value not in group_choices(key):
+            raise UserError(
+                f"{key}={value!r} is not a known {key}; choose one of: {', '.join(group_choices(key))} "
+                f"(files in recipes/{key}/)."
+            )
+        if key == "hydra" or key.startswith("hydra."):
+            raise UserError(f"'{ov}': hydra.* settings are not supported by rlreason/run.py.")
+    ConfigStore.instance().store(name="rlreason_schema", node=Config)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    except Exception as e:  # noqa: BLE001 - translate every composition failure into a user message
+        raise UserError(_explain(e)) from None
+    choices = dict(cfg.hydra.runtime.choices)
+    with_hydra = OmegaConf.to_container(cfg, resolve=False)
+    with_hydra.pop("hydra", None)
+    try:
+        obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), with_hydra))
+        validate(obj)
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+    except OmegaConfBaseException as e:
+        raise UserError(_explain(e)) from None
+    return obj, {g: choices.get(g) for g in GROUPS}
+
+
+def _explain(e: BaseException) -> str:
+    import re
+
+    from omegaconf.errors import ConfigKeyError, ValidationError
+
+    chain = []
+    while e is not None:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for err in chain:
+        if isinstance(err, ConfigKeyError) and getattr(err, "full_key", None):
+            return _unknown_key_message(err.full_key)
+        if isinstance(err, ValidationError) and getattr(err, "full_key", None):
+            return f"bad value for '{err.full_key}': {err.msg.splitlines()[0]}"
+    text = str(chain[0])
+    m = re.search(r"Could not override '([^']+)'", text) or re.search(r"Key '([^']+)' (?:is )?not in struct", text)
+    if m:
+        return _unknown_key_message(m.group(1))
+    m = re.search(r"Could not find '([^/']+)/([^']+)'", text)
+    if m and m.group(1) in GROUPS:
+        return f"{m.group(1)}={m.group(2)!r} is not known; choose one of: {', '.join(group_choices(m.group(1)))}."
+    first = " ".join(text.split())
+    return f"invalid configuration: {first}"
+
+
+def default_run_dir(choices: dict, seed: int) -> Path:
+    import time
+
+    return Path("runs") / f"{choices['recipe']}-{time.strftime('%Y%m%d-%H%M%S')}-s{seed}"
+
+
+def init_ray(cfg) -> None:
+    import math
+
+    import ray
+
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    needed = cfg.learner.cpus + cfg.rollout.num_workers * cfg.rollout.cpus
+    num_cpus = cfg.ray.num_cpus or max(os.cpu_count() or 1, math.ceil(needed))
+    pythonpath = os.pathsep.join([str(REPO_ROOT), os.getcwd(), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        log_to_driver=True,
+        runtime_env={"env_vars": {**QUIET_ENV, "PYTHONPATH": pythonpath}},
+    )
+
+
+def main(argv: list[str]) -> int:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        cfg, choices = compose(argv)
+        if cfg.resume and not cfg.run_dir:
+            raise UserError("resume=true needs run_dir=<the run's directory> to find its checkpoints.")
+    except UserError as e:
+        print(f"rlreason: config error: {e}", file=sys.stderr)
+        return 2
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(choices, cfg.seed)
+    cfg.run_dir = str(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    print(f"run_dir: {run_dir.resolve()}", flush=True)
+    from omegaconf import OmegaConf
+
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    (run_dir / "choices.yaml").write_text(OmegaConf.to_yaml(choices))
+
+    import ray
+
+    from rlreason.trainer import Trainer
+
+    trainer = Trainer(cfg, run_dir)
+    init_ray(cfg)
+    try:
+        trainer.start()
+        summary = trainer.fit()
+    finally:
+        trainer.close()
+        ray.shutdown()
+    before, after = summary["eval_accuracy_before_rl"], summary["eval_accuracy_after_rl"]
+    fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+    print(
+        f"done: {cfg.total_steps} steps. held-out eval accuracy: warm start {fmt(before)} -> after RL {fmt(after)}. "
+        f"metrics: {run_dir / 'metrics.jsonl'}",
+        flush=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

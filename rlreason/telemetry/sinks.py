@@ -1,0 +1,115 @@
+"""Metric sinks: JSONL (one object per step), TensorBoard, and the console.
+
+The console sink owns the terminal: one rich line per step with reward, accuracy, tokens/s and ETA.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class JSONLSink:
+    def __init__(self, path: Path, keep_through_step: int | None = None):
+        """Open `path` for appending. With `keep_through_step` (a resume), lines of later steps are
+        moved to `<name>.discarded.jsonl` first, since those steps are about to be run again."""
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if keep_through_step is not None and self.path.exists():
+            kept, dropped = [], []
+            for line in self.path.read_text().splitlines():
+                if not line.strip():
+                    continue
+                try:
+                    step = json.loads(line).get("step", 0)
+                except json.JSONDecodeError:  # a line cut by the kill
+                    dropped.append(line)
+                    continue
+                (kept if step <= keep_through_step else dropped).append(line)
+            if dropped:
+                with open(self.path.with_suffix(".discarded.jsonl"), "a") as f:
+                    f.write("\n".join(dropped) + "\n")
+            self.path.write_text("".join(line + "\n" for line in kept))
+        self._f = open(self.path, "a", buffering=1)
+
+    def log(self, metrics: dict) -> None:
+        self._f.write(json.dumps(metrics, default=float) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class TensorBoardSink:
+    def __init__(self, logdir: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(logdir))
+
+    def log(self, metrics: dict) -> None:
+        step = int(metrics.get("step", 0))
+        for k, v in metrics.items():
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                self.writer.add_scalar(k, v, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class ConsoleSink:
+    def __init__(self, total_steps: int, start_step: int = 0):
+        from rich.console import Console
+
+        self.console = Console(highlight=False)
+        self.total = total_steps
+        self.start_step = start_step
+        self.t0 = time.monotonic()
+
+    def log(self, m: dict) -> None:
+        step = m.get("step", 0)
+        if "reward/mean" not in m:  # eval-only record
+            if "accuracy/eval" in m:
+                self.console.print(f"[bold]eval[/] step {step}: accuracy/eval [cyan]{m['accuracy/eval']:.3f}[/]")
+            return
+        done = step - self.start_step
+        elapsed = time.monotonic() - self.t0
+        eta = elapsed / max(done, 1) * (self.total - step)
+        parts = [
+            f"[bold]step {step:>4}/{self.total}[/]",
+            f"reward [green]{m['reward/mean']:.3f}[/]",
+            f"acc [green]{m.get('accuracy/train', float('nan')):.3f}[/]",
+        ]
+        if "accuracy/eval" in m:
+            parts.append(f"eval [cyan]{m['accuracy/eval']:.3f}[/]")
+        parts += [
+            f"len {m.get('response_length/mean', 0):.1f}",
+            f"{m.get('throughput/rollout_tokens_per_s', 0):,.0f} tok/s",
+            f"{m.get('timing/step_s', 0):.2f}s/step",
+            f"ETA {int(eta) // 60}:{int(eta) % 60:02d}",
+        ]
+        self.console.print(" | ".join(parts), soft_wrap=True)
+
+    def close(self) -> None:
+        pass
+
+
+class Telemetry:
+    def __init__(self, sinks: list):
+        self.sinks = sinks
+
+    def log(self, metrics: dict) -> None:
+        for s in self.sinks:
+            try:
+                s.log(metrics)
+            except Exception:  # noqa: BLE001 - a broken sink must not stop training
+                log.exception("metric sink %s failed", type(s).__name__)
+
+    def close(self) -> None:
+        for s in self.sinks:
+            s.close()

@@ -1,0 +1,259 @@
+"""The driver loop. One step: pick prompts -> generate G responses each -> verify -> learn -> sync weights.
+
+`Trainer.fit` is the whole loop; the rest of this file is set-up (task, warm start, actors) and
+bookkeeping (evaluation, checkpoints, metrics).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+import torch
+
+from rewards import import_path
+from rewards.pool import VerifierPool
+from rlreason.batch import RolloutBatch
+from rlreason.data.arithmetic import make_splits
+from rlreason.data.sampler import PromptSampler, indices_digest
+from rlreason.learner.learner import Learner
+from rlreason.rollout.worker import RolloutWorker
+from rlreason.telemetry.sinks import ConsoleSink, JSONLSink, TensorBoardSink, Telemetry
+
+log = logging.getLogger(__name__)
+
+
+class Trainer:
+    def __init__(self, cfg, run_dir: Path):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.ckpt_root = self.run_dir / "checkpoints"
+        self.train, self.evals = make_splits(
+            cfg.task.seed, cfg.task.num_train, cfg.task.num_eval, cfg.task.num_terms, cfg.task.max_value, cfg.task.eval_fraction
+        )
+        self.sampler = PromptSampler(len(self.train), cfg.rollout.prompts_per_step, seed=cfg.seed)
+        self.start_step = 0
+        # the warm start runs here, before Ray starts, so it has the machine to itself
+        self.policy_path, self.warmstart_info = self._initial_policy()
+
+    def start(self) -> None:
+        """Start the actors and the verifier pool (Ray must be initialised), and resume if asked."""
+        cfg = self.cfg
+        resume_dir = self.latest_checkpoint() if cfg.resume else None
+        if cfg.resume and resume_dir is None:
+            log.warning("resume=true but %s holds no checkpoint: starting from step 0", self.ckpt_root)
+        self._start_actors()
+        self.pool = VerifierPool(cfg.reward.num_workers, cfg.reward.timeout_s)
+        if resume_dir is not None:
+            self._load_checkpoint(resume_dir)
+        sinks = [JSONLSink(self.run_dir / "metrics.jsonl", keep_through_step=self.start_step if cfg.resume else None)]
+        if cfg.telemetry.tensorboard:
+            sinks.append(TensorBoardSink(self.run_dir / "tensorboard"))
+        if cfg.telemetry.console:
+            sinks.append(ConsoleSink(cfg.total_steps, self.start_step))
+        self.telemetry = Telemetry(sinks)
+
+    # -- the loop -------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        cfg = self.cfg
+        if self.start_step == 0:
+            eval_before = self.evaluate()
+            self.telemetry.log({"step": 0, "accuracy/eval": eval_before})
+        else:
+            eval_before = self._logged_eval(step=0)
+        eval_after = eval_before
+        for step in range(self.start_step + 1, cfg.total_steps + 1):
+            t_step = time.perf_counter()
+            indices = self.sampler.next_batch()  # 1. the curriculum picks prompts
+            t0 = time.perf_counter()
+            batch, texts = self.generate([self.train[i].prompt for i in indices], seed=cfg.seed * 1_000_003 + step)  # 2.
+            t_rollout = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            samples = [self.train[i].as_sample() for i in indices for _ in range(cfg.rollout.group_size)]
+            reward_metrics = self.score(batch, texts, samples)  # 3. verifiers
+            t_reward = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            train_metrics = ray.get(self.learner.train_step.remote(batch))  # 4. learner
+            t_train = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            self.sync_weights(train_metrics["learner/version"])  # 5. new weights to the rollout workers
+            t_sync = time.perf_counter() - t0
+            metrics = {"step": step, **reward_metrics, **train_metrics}
+            if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.total_steps):
+                eval_after = metrics["accuracy/eval"] = self.evaluate()
+            n_tokens = int(batch.response_mask.sum())
+            metrics.update(
+                {
+                    "response_length/mean": n_tokens / batch.size,
+                    "response/truncated_frac": float(batch.truncated.float().mean()),
+                    "timing/rollout_s": t_rollout,
+                    "timing/reward_s": t_reward,
+                    "timing/train_s": t_train,
+                    "timing/sync_s": t_sync,
+                    "timing/step_s": time.perf_counter() - t_step,
+                    "throughput/rollout_tokens_per_s": n_tokens / max(t_rollout, 1e-9),
+                    "curriculum/epoch": self.sampler.epoch,
+                    "curriculum/consumed": self.sampler.consumed,
+                    "curriculum/batch_digest": indices_digest(indices),
+                }
+            )
+            self.telemetry.log(metrics)
+            if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == cfg.total_steps):
+                self.save_checkpoint(step)
+        if eval_after is None:
+            eval_after = self.evaluate()
+        return self._summary(eval_before, eval_after)
+
+    # -- pieces of a step -----------------------------------------------------------------------
+    def generate(self, prompts: list[str], seed: int, greedy: bool = False, n: int | None = None):
+        r = self.cfg.rollout
+        n = n or (1 if greedy else r.group_size)
+        shards = np.array_split(np.arange(len(prompts)), len(self.workers))
+        futures = [
+            w.generate.remote([prompts[i] for i in shard], int(shard[0]) if len(shard) else 0, n, r.max_new_tokens,
+                              r.temperature, r.top_p, greedy, seed + k)
+            for k, (w, shard) in enumerate(zip(self.workers, shards)) if len(shard)
+        ]
+        results = ray.get(futures)
+        batch = RolloutBatch.concat([b for b, _ in results], self.pad_id)
+        texts = [t for _, ts in results for t in ts]
+        return batch, texts
+
+    def score(self, batch: RolloutBatch, texts: list[str], samples: list[dict]) -> dict:
+        r = self.cfg.reward
+        tasks = [(self.correct_spec, t, s) for t, s in zip(texts, samples)]
+        if r.format_weight:
+            tasks += [(self.format_spec, t, s) for t, s in zip(texts, samples)]
+        results = self.pool.run(tasks)
+        n = len(texts)
+        correct = torch.tensor([res.score for res in results[:n]], dtype=torch.float32)
+        rewards = correct.clone()
+        if r.format_weight:
+            rewards += r.format_weight * torch.tensor([res.score for res in results[n:]], dtype=torch.float32)
+        batch.rewards, batch.correct = rewards, correct
+        groups = rewards.view(-1, self.cfg.rollout.group_size)
+        return {
+            "reward/mean": float(rewards.mean()),
+            "reward/std": float(rewards.std()) if n > 1 else 0.0,
+            "reward/zero_std_group_frac": float((groups.std(-1) == 0).float().mean()) if groups.shape[1] > 1 else 1.0,
+            "accuracy/train": float(correct.mean()),
+            "verifier/timeout_rate": sum(res.status == "timeout" for res in results) / len(results),
+            "verifier/error_rate": sum(res.status == "error" for res in results) / len(results),
+        }
+
+    def sync_weights(self, version: int) -> None:
+        weights = self.learner.get_weights.remote()
+        ray.get([w.load_weights.remote(weights, version) for w in self.workers])
+
+    def evaluate(self) -> float:
+        batch, texts = self.generate([p.prompt for p in self.evals], seed=0, greedy=True)
+        results = self.pool.run([(self.correct_spec, t, p.as_sample()) for t, p in zip(texts, self.evals)])
+        return sum(r.score for r in results) / len(results)
+
+    # -- set-up -----------------------------------------------------------------------------------
+    def _initial_policy(self) -> tuple[Path, dict | None]:
+        from rlreason.data.tokenizer import build_char_tokenizer
+        from rlreason.learner.warmstart import warm_start
+        from rlreason.policy import build_tiny_moe
+
+        m = self.cfg.model
+        if m.kind == "pretrained":
+            return Path(m.path), None
+        tok = build_char_tokenizer()
+        if self.cfg.warmstart.enabled:
+            return warm_start(m, self.cfg.task, self.cfg.warmstart, self.cfg.seed, tok, self.train, self.cfg.rollout.max_new_tokens)
+        path = self.run_dir / "init_policy"
+        if not (path / "config.json").exists():
+            model = build_tiny_moe(m, len(tok), tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, self.cfg.seed)
+            model.save_pretrained(path)
+            tok.save_pretrained(path)
+        return path, None
+
+    def _start_actors(self) -> None:
+        cfg = self.cfg
+        threads = lambda n: n or os.cpu_count() or 1  # noqa: E731
+        from rlreason.policy import load_tokenizer
+
+        self.pad_id = load_tokenizer(self.policy_path).pad_token_id
+        self.learner = ray.remote(num_cpus=cfg.learner.cpus)(Learner).remote(
+            str(self.policy_path), _with_threads(cfg.learner, threads(cfg.learner.threads)), cfg.algo,
+            cfg.rollout.temperature, cfg.rollout.max_new_tokens, cfg.seed,
+        )
+        self.workers = [
+            ray.remote(num_cpus=cfg.rollout.cpus)(RolloutWorker).remote(
+                cfg.rollout.engine, str(self.policy_path), threads(cfg.rollout.threads)
+            )
+            for _ in range(cfg.rollout.num_workers)
+        ]
+        ray.get([self.learner.get_weights.remote()] + [w.ping.remote() for w in self.workers])
+        self.correct_spec = import_path(cfg.reward.verifier)
+        self.format_spec = import_path("format")
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def save_checkpoint(self, step: int) -> Path:
+        final = self.ckpt_root / f"step_{step:06d}"
+        tmp = self.ckpt_root / f".step_{step:06d}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        ray.get(self.learner.save.remote(str(tmp)))
+        state = {
+            "step": step,
+            "sampler": self.sampler.state_dict(),
+            "python_rng": repr(random.getstate()),
+            "warmstart": self.warmstart_info,
+        }
+        (tmp / "trainer.json").write_text(json.dumps(state, indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        kept = sorted(p for p in self.ckpt_root.glob("step_*") if (p / "trainer.json").exists())
+        for old in kept[: -self.cfg.keep_checkpoints] if self.cfg.keep_checkpoints > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def latest_checkpoint(self) -> Path | None:
+        done = sorted(p for p in self.ckpt_root.glob("step_*") if (p / "trainer.json").exists())
+        return done[-1] if done else None
+
+    def _load_checkpoint(self, d: Path) -> None:
+        state = json.loads((d / "trainer.json").read_text())
+        self.sampler.load_state_dict(state["sampler"])
+        version = ray.get(self.learner.load.remote(str(d)))
+        self.sync_weights(version)
+        self.start_step = state["step"]
+        log.info("resumed from %s: step %d, %d prompts consumed", d, self.start_step, self.sampler.consumed)
+
+    def _logged_eval(self, step: int) -> float | None:
+        path = self.run_dir / "metrics.jsonl"
+        for line in path.read_text().splitlines() if path.exists() else []:
+            rec = json.loads(line)
+            if rec.get("step") == step and "accuracy/eval" in rec:
+                return rec["accuracy/eval"]
+        return None
+
+    def _summary(self, before: float | None, after: float) -> dict:
+        summary = {
+            "run_dir": str(self.run_dir),
+            "steps": self.cfg.total_steps,
+            "eval_accuracy_before_rl": before,
+            "eval_accuracy_after_rl": after,
+            "warmstart": self.warmstart_info,
+        }
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        return summary
+
+    def close(self) -> None:
+        for part in ("telemetry", "pool"):
+            if hasattr(self, part):
+                getattr(self, part).close()
+
+
+def _with_threads(learner_cfg, threads: int):
+    import dataclasses
+
+    return dataclasses.replace(learner_cfg, threads=threads)

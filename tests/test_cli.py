@@ -1,0 +1,78 @@
+"""The entry point as a user runs it: config errors, and end-to-end smoke runs of rlreason/run.py."""
+
+import pytest
+
+from conftest import read_metrics, run_cli
+
+REQUIRED_KEYS = {
+    "step", "reward/mean", "reward/std", "accuracy/train", "response_length/mean", "loss/policy", "kl/ref",
+    "kl/rollout_vs_train", "entropy/mean", "grad_norm", "timing/rollout_s", "timing/reward_s", "timing/train_s",
+    "timing/sync_s", "timing/step_s", "throughput/rollout_tokens_per_s", "throughput/train_tokens_per_s",
+    "verifier/timeout_rate", "verifier/error_rate",
+}
+
+
+def _one_paragraph_error(proc):
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "run_dir" not in proc.stdout  # failed before anything started
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "args,expect",
+    [
+        (["recipe=grpo", "algo.kl_coeff=0.1"], ["'algo.kl_coeff'", "Did you mean 'algo.kl_coef'", "clip_eps_low"]),
+        (["recipe=grpo", "rollout.group_sise=4"], ["'rollout.group_sise'", "rollout.group_size"]),
+        (["recipe=nope"], ["recipe='nope'", "grpo"]),
+        (["recipe=grpo", "scale=huge"], ["scale='huge'", "smoke", "default"]),
+        (["recipe=grpo", "algo.kl_coef=lots"], ["'algo.kl_coef'", "lots"]),
+        (["recipe=grpo", "algo.loss_agg=sum"], ["algo.loss_agg='sum'", "token-mean", "seq-mean-token-sum-norm"]),
+        (["recipe=grpo", "reward.verifier=maths"], ["reward.verifier", "maths", "math"]),
+        (["recipe=grpo", "rollout.top_p=1.5"], ["rollout.top_p"]),
+        (["recipe=grpo", "resume=true"], ["run_dir"]),
+        (["grpo"], ["key=value"]),
+    ],
+)
+def test_user_mistakes_give_one_paragraph(args, expect):
+    line = _one_paragraph_error(run_cli(args, timeout=120))
+    for fragment in expect:
+        assert fragment in line, line
+
+
+@pytest.mark.integration
+def test_smoke_run_end_to_end(tmp_path):
+    run_dir = tmp_path / "smoke"
+    proc = run_cli(["recipe=grpo", "scale=smoke", f"run_dir={run_dir}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"run_dir: {run_dir}" in proc.stdout
+    metrics = read_metrics(run_dir)
+    steps = [m for m in metrics if "reward/mean" in m]
+    assert [m["step"] for m in steps] == [1, 2]
+    for m in steps:
+        missing = REQUIRED_KEYS - set(m)
+        assert not missing, missing
+        assert m["verifier/timeout_rate"] == 0.0 and m["verifier/error_rate"] == 0.0
+    assert "accuracy/eval" in metrics[0] and metrics[0]["step"] == 0
+    assert "accuracy/eval" in steps[-1]
+    assert (run_dir / "checkpoints" / "step_000002" / "policy" / "config.json").exists()
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert "held-out eval accuracy" in proc.stdout
+
+
+@pytest.mark.integration
+def test_hanging_and_raising_verifier_are_contained(tmp_path):
+    run_dir = tmp_path / "flaky"
+    proc = run_cli(
+        ["recipe=grpo", "scale=smoke", f"run_dir={run_dir}", "reward.verifier=tests.verifiers_fixture:flaky",
+         "reward.timeout_s=1", "reward.num_workers=2", "eval_every=0", "telemetry.tensorboard=false"]
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = [m for m in read_metrics(run_dir) if "reward/mean" in m]
+    assert [m["step"] for m in steps] == [1, 2]
+    timeouts = sum(m["verifier/timeout_rate"] for m in steps)
+    errors = sum(m["verifier/error_rate"] for m in steps)
+    assert timeouts > 0 and errors > 0
+    assert all(0.0 <= m["reward/mean"] <= 1.0 for m in steps)

@@ -1,0 +1,84 @@
+"""The learner in-process (no Ray): on-policy ratio, reference model, mini-batches, checkpoints."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from rlreason.config import AlgoConfig, LearnerConfig
+from rlreason.learner.learner import Learner
+from rlreason.rollout.worker import RolloutWorker
+
+
+@pytest.fixture(scope="module")
+def rollout(tiny_policy):
+    worker = RolloutWorker("hf", tiny_policy, threads=2)
+    batch, _ = worker.generate(["1+2=", "10-3+4=", "7+7-1="], 0, 4, 12, 1.0, 1.0, seed=0)
+    batch.rewards = torch.tensor([1.0, 0, 0, 1, 0, 1, 1, 1, 0, 0, 0, 1])
+    return worker, batch
+
+
+def test_sampling_logprobs_match_learner_for_same_weights(tiny_policy, rollout):
+    _, batch = rollout
+    learner = Learner(tiny_policy, LearnerConfig(), AlgoConfig(), 1.0, 12)
+    lp = learner.score_logprobs(batch)
+    diff = ((lp - batch.sampling_logprobs) * batch.response_mask).abs().max()
+    assert diff < 1e-4
+
+
+def test_one_epoch_one_minibatch_ratio_is_exactly_one(tiny_policy, rollout):
+    _, batch = rollout
+    learner = Learner(tiny_policy, LearnerConfig(), AlgoConfig(), 1.0, 12)
+    assert learner.ref is None  # kl_coef = 0: no reference model loaded
+    m = learner.train_step(batch)
+    assert m["ratio/mean"] == 1.0
+    assert m["clip/low_frac"] == 0.0 and m["clip/high_frac"] == 0.0
+    assert m["kl/ref"] == 0.0
+    assert m["grad_norm"] > 0
+
+
+def test_kl_reference_and_several_minibatches(tiny_policy, rollout):
+    _, batch = rollout
+    cfg = LearnerConfig(mini_batches=3, ppo_epochs=2, lr=1e-2)
+    learner = Learner(tiny_policy, cfg, AlgoConfig(kl_coef=0.1), 1.0, 12)
+    assert learner.ref is not None
+    first = learner.train_step(batch)
+    assert first["kl/ref"] > 0  # after the first of six updates the policy has left the reference
+    second = learner.train_step(batch)
+    assert second["ratio/mean"] != 1.0
+    assert learner.version == 2
+
+
+def test_bf16_autocast_step_runs(tiny_policy, rollout):
+    _, batch = rollout
+    learner = Learner(tiny_policy, LearnerConfig(dtype="bf16"), AlgoConfig(), 1.0, 12)
+    m = learner.train_step(batch)
+    assert torch.isfinite(torch.tensor(m["loss/policy"]))
+    assert next(learner.model.parameters()).dtype == torch.float32  # master weights stay fp32
+
+
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-sum-norm"])
+def test_aggregation_modes_train(tiny_policy, rollout, mode):
+    _, batch = rollout
+    learner = Learner(tiny_policy, LearnerConfig(), AlgoConfig(loss_agg=mode), 1.0, 12)
+    assert learner.train_step(batch)["grad_norm"] > 0
+
+
+def test_checkpoint_roundtrip(tiny_policy, rollout, tmp_path):
+    _, batch = rollout
+    a = Learner(tiny_policy, LearnerConfig(lr=1e-2), AlgoConfig(), 1.0, 12)
+    a.train_step(batch)
+    a.save(str(tmp_path / "ck"))
+    b = Learner(tiny_policy, LearnerConfig(lr=1e-2), AlgoConfig(), 1.0, 12)
+    assert b.load(str(tmp_path / "ck")) == 1
+    for (k, va), (_, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(va, vb), k
+    # the optimizer state came back too: the next step is identical
+    ma, mb = a.train_step(batch), b.train_step(batch)
+    assert ma["loss/policy"] == mb["loss/policy"] and ma["grad_norm"] == mb["grad_norm"]
+    wa, wb = a.get_weights(), b.get_weights()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_config_dataclass_replace_keeps_types():
+    assert dataclasses.replace(LearnerConfig(), threads=2).threads == 2

@@ -1,0 +1,46 @@
+"""`ray job submit --working-dir . -- python rlreason/run.py recipe=grpo` against a real `ray start --head`."""
+
+import os
+import socket
+import subprocess
+
+import pytest
+
+from conftest import ROOT, VENV_BIN, read_metrics
+
+pytestmark = pytest.mark.integration
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_job_submit(tmp_path):
+    ray = str(VENV_BIN / "ray")
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "RAY_ADDRESS": ""}
+    env.pop("RAY_ADDRESS")
+    gcs_port, dash_port = _free_port(), _free_port()
+    temp = tmp_path / "ray"
+    subprocess.run(
+        [ray, "start", "--head", f"--port={gcs_port}", "--num-cpus=2", "--include-dashboard=true",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}", f"--temp-dir={temp}", "--disable-usage-stats"],
+        env=env, check=True, capture_output=True, text=True, timeout=180,
+    )
+    run_dir = tmp_path / "job_run"
+    try:
+        proc = subprocess.run(
+            [ray, "job", "submit", f"--address=http://127.0.0.1:{dash_port}", "--working-dir", ".", "--",
+             "python", "rlreason/run.py", "recipe=grpo", "scale=smoke", f"run_dir={run_dir}", "telemetry.tensorboard=false"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert "succeeded" in proc.stdout
+        assert f"run_dir: {run_dir}" in proc.stdout
+        # the job joined the running cluster instead of starting its own
+        assert "Connecting to existing Ray cluster" in proc.stdout + proc.stderr
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    steps = [m for m in read_metrics(run_dir) if "reward/mean" in m]
+    assert [m["step"] for m in steps] == [1, 2]
