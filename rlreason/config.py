@@ -42,7 +42,7 @@ class ModelConfig:
 class TaskConfig:
     name: str = "arithmetic"
     num_terms: int = 3
-    max_value: int = 20
+    max_value: int = 9
     num_train: int = 20000
     num_eval: int = 200
     eval_fraction: float = 0.1
@@ -60,12 +60,12 @@ class RewardConfig:
 @dataclass
 class WarmstartConfig:
     enabled: bool = True
-    max_steps: int = 600
+    max_steps: int = 800
     batch_size: int = 64
     lr: float = 3.0e-3
     warmup_steps: int = 20
-    target_accuracy: float = 0.4  # stop SFT once greedy eval accuracy reaches this (room left for RL)
-    eval_every: int = 50
+    target_accuracy: float = 0.6  # stop SFT once greedy validation accuracy reaches this (room left for RL)
+    eval_every: int = 25
     eval_size: int = 200
     # fraction of SFT examples answered directly ("#14") instead of with worked steps: the warm-start
     # policy then hesitates between guessing and working, and RL has to find out which pays
@@ -103,7 +103,7 @@ class AlgoConfig:
 
 @dataclass
 class LearnerConfig:
-    lr: float = 1.0e-3
+    lr: float = 5.0e-4
     weight_decay: float = 0.0
     beta1: float = 0.9
     beta2: float = 0.99
@@ -207,7 +207,7 @@ def validate(cfg) -> None:
             f"learner.mini_batches={cfg.learner.mini_batches} exceeds the batch of "
             f"rollout.prompts_per_step x rollout.group_size = {cfg.rollout.prompts_per_step * cfg.rollout.group_size} responses."
         )
-    from rewards import resolve, VerifierNotFound
+    from rewards import VerifierNotFound, resolve
 
     try:
         resolve(cfg.reward.verifier)

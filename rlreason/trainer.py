@@ -25,7 +25,7 @@ from rlreason.data.arithmetic import make_splits
 from rlreason.data.sampler import PromptSampler, indices_digest
 from rlreason.learner.learner import Learner
 from rlreason.rollout.worker import RolloutWorker
-from rlreason.telemetry.sinks import ConsoleSink, JSONLSink, TensorBoardSink, Telemetry
+from rlreason.telemetry.sinks import ConsoleSink, JSONLSink, Telemetry, TensorBoardSink
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,6 @@
 """The entry point as a user runs it: config errors, and end-to-end smoke runs of rlreason/run.py."""
 
 import pytest
-
 from conftest import read_metrics, run_cli
 
 REQUIRED_KEYS = {

@@ -5,7 +5,6 @@ import socket
 import subprocess
 
 import pytest
-
 from conftest import ROOT, VENV_BIN, read_metrics
 
 pytestmark = pytest.mark.integration

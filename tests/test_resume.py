@@ -7,8 +7,8 @@ import sys
 import time
 
 import pytest
-
 from conftest import ROOT, VENV_BIN, read_metrics, run_cli
+
 from rlreason.data.sampler import PromptSampler, indices_digest
 
 pytestmark = pytest.mark.integration

@@ -7,11 +7,11 @@ answer after ``#``::
     prompt:   7+12-5=
     solution: 7+12=19 19-5=14 #14
 
-Every intermediate value stays in ``[0, max_value * num_terms]`` (a subtraction is only drawn when it
-keeps the running value non-negative), so the character vocabulary stays tiny. A problem can also be answered
-directly (``#14``, `Problem.direct_solution`); the warm start mixes the two styles (see
-`warmstart.direct_answer_fraction`). The train and eval splits are disjoint by construction: a problem whose text lands in the eval split is never drawn for
-training.
+Every intermediate value stays in ``[0, max_value * num_terms]`` (a subtraction is only drawn when
+it keeps the running value non-negative), so the character vocabulary stays tiny. A problem can also
+be answered directly (``#14``, `Problem.direct_solution`); the warm start mixes the two styles (see
+`warmstart.direct_answer_fraction`). The train and eval splits are disjoint by construction: a
+problem whose text lands in the eval split is never drawn for training.
 """
 
 from __future__ import annotations
