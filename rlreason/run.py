@@ -19,14 +19,8 @@ for p in (str(REPO_ROOT), os.getcwd()):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-QUIET_ENV = {
-    "TRANSFORMERS_VERBOSITY": "error",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "RAY_DEDUP_LOGS": "1",
-}
+from rlreason import QUIET_ENV  # noqa: E402  (after the path set-up above)
+
 for k, v in QUIET_ENV.items():
     os.environ.setdefault(k, v)
 

@@ -20,6 +20,7 @@ import torch
 
 from rewards import import_path
 from rewards.pool import VerifierPool
+from rlreason import QUIET_ENV
 from rlreason.batch import RolloutBatch
 from rlreason.data.arithmetic import make_splits
 from rlreason.data.sampler import PromptSampler, indices_digest
@@ -182,12 +183,14 @@ class Trainer:
         from rlreason.policy import load_tokenizer
 
         self.pad_id = load_tokenizer(self.policy_path).pad_token_id
-        self.learner = ray.remote(num_cpus=cfg.learner.cpus)(Learner).remote(
+        # the actors' environment, whether this driver started the cluster or joined one (ray job submit)
+        opts = {"runtime_env": {"env_vars": dict(QUIET_ENV)}}
+        self.learner = ray.remote(num_cpus=cfg.learner.cpus)(Learner).options(**opts).remote(
             str(self.policy_path), _with_threads(cfg.learner, threads(cfg.learner.threads)), cfg.algo,
             cfg.rollout.temperature, cfg.rollout.max_new_tokens, cfg.seed,
         )
         self.workers = [
-            ray.remote(num_cpus=cfg.rollout.cpus)(RolloutWorker).remote(
+            ray.remote(num_cpus=cfg.rollout.cpus)(RolloutWorker).options(**opts).remote(
                 cfg.rollout.engine, str(self.policy_path), threads(cfg.rollout.threads)
             )
             for _ in range(cfg.rollout.num_workers)

@@ -1,8 +1,10 @@
 """`ray job submit --working-dir . -- python rlreason/run.py recipe=grpo` against a real `ray start --head`."""
 
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 
 import pytest
 from conftest import ROOT, VENV_BIN, read_metrics
@@ -18,10 +20,11 @@ def _free_port() -> int:
 
 def test_ray_job_submit(tmp_path):
     ray = str(VENV_BIN / "ray")
-    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "RAY_ADDRESS": ""}
-    env.pop("RAY_ADDRESS")
+    # a throw-away local cluster: no token auth (Ray 2.60's `ray start` enables it by default)
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
     gcs_port, dash_port = _free_port(), _free_port()
-    temp = tmp_path / "ray"
+    temp = tempfile.mkdtemp(prefix="rlr-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     subprocess.run(
         [ray, "start", "--head", f"--port={gcs_port}", "--num-cpus=2", "--include-dashboard=true",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}", f"--temp-dir={temp}", "--disable-usage-stats"],
@@ -41,5 +44,6 @@ def test_ray_job_submit(tmp_path):
         assert "Connecting to existing Ray cluster" in proc.stdout + proc.stderr
     finally:
         subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
     steps = [m for m in read_metrics(run_dir) if "reward/mean" in m]
     assert [m["step"] for m in steps] == [1, 2]
