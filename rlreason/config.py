@@ -133,8 +133,8 @@ class Config:
     run_dir: Optional[str] = None
     resume: bool = False
     total_steps: int = 100
-    eval_every: int = 25
-    checkpoint_every: int = 50
+    eval_every: int = 25  # greedy eval on the held-out split every N steps (0: only before and after RL)
+    checkpoint_every: int = 50  # 0: only at the last step
     keep_checkpoints: int = 2
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)

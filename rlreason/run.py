@@ -181,6 +181,11 @@ def main(argv: list[str]) -> int:
         cfg, choices = compose(argv)
         if cfg.resume and not cfg.run_dir:
             raise UserError("resume=true needs run_dir=<the run's directory> to find its checkpoints.")
+        if cfg.run_dir and not cfg.resume and (Path(cfg.run_dir) / "metrics.jsonl").exists():
+            raise UserError(
+                f"run_dir={cfg.run_dir} already holds a run (metrics.jsonl); pass resume=true to continue it, "
+                f"or choose another run_dir."
+            )
     except UserError as e:
         print(f"rlreason: config error: {e}", file=sys.stderr)
         return 2

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import shutil
 import time
 from pathlib import Path
@@ -69,7 +68,7 @@ class Trainer:
             self.telemetry.log({"step": 0, "accuracy/eval": eval_before})
         else:
             eval_before = self._logged_eval(step=0)
-        eval_after = eval_before
+        eval_after = None
         for step in range(self.start_step + 1, cfg.total_steps + 1):
             t_step = time.perf_counter()
             indices = self.sampler.next_batch()  # 1. the curriculum picks prompts
@@ -87,7 +86,7 @@ class Trainer:
             self.sync_weights(train_metrics["learner/version"])  # 5. new weights to the rollout workers
             t_sync = time.perf_counter() - t0
             metrics = {"step": step, **reward_metrics, **train_metrics}
-            if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.total_steps):
+            if step == cfg.total_steps or (cfg.eval_every and step % cfg.eval_every == 0):
                 eval_after = metrics["accuracy/eval"] = self.evaluate()
             n_tokens = int(batch.response_mask.sum())
             metrics.update(
@@ -106,7 +105,7 @@ class Trainer:
                 }
             )
             self.telemetry.log(metrics)
-            if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == cfg.total_steps):
+            if step == cfg.total_steps or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                 self.save_checkpoint(step)
         if eval_after is None:
             eval_after = self.evaluate()
@@ -205,12 +204,9 @@ class Trainer:
         tmp = self.ckpt_root / f".step_{step:06d}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         ray.get(self.learner.save.remote(str(tmp)))
-        state = {
-            "step": step,
-            "sampler": self.sampler.state_dict(),
-            "python_rng": repr(random.getstate()),
-            "warmstart": self.warmstart_info,
-        }
+        # the learner saves its own torch RNG and shuffling generator; rollout seeds derive from
+        # (seed, step), so the driver holds no random stream that a resume would need
+        state = {"step": step, "sampler": self.sampler.state_dict(), "warmstart": self.warmstart_info}
         (tmp / "trainer.json").write_text(json.dumps(state, indent=1))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)

@@ -41,6 +41,13 @@ def test_user_mistakes_give_one_paragraph(args, expect):
         assert fragment in line, line
 
 
+def test_existing_run_dir_is_not_overwritten(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')
+    line = _one_paragraph_error(run_cli(["recipe=grpo", f"run_dir={tmp_path}"], timeout=120))
+    assert "resume=true" in line and str(tmp_path) in line
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1}\n'
+
+
 @pytest.mark.integration
 def test_smoke_run_end_to_end(tmp_path):
     run_dir = tmp_path / "smoke"

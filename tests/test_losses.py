@@ -86,3 +86,9 @@ def test_equal_lengths_token_mean_equals_seq_mean_token_mean():
     # and they differ once lengths differ
     mask[0, 2:] = 0
     assert float(aggregate(loss, mask, "token-mean")) != pytest.approx(float(aggregate(loss, mask, "seq-mean-token-mean")))
+
+
+def test_k3_resolves_tiny_differences():
+    # fp32 drift between sampler and learner: x = 1e-4 -> k3 = x^2/2 = 5e-9, not rounded to 0
+    logp = torch.tensor([-1.0])
+    assert float(kl_k3(logp, logp + 1e-4)) == pytest.approx(5e-9, rel=1e-2)

@@ -4,7 +4,8 @@ With log-ratio x = log pi_ref - log pi_theta on tokens sampled from pi_theta:
     k1 = -x                     unbiased, can be negative
     k2 = x^2 / 2
     k3 = exp(x) - x - 1         >= 0, zero iff the two agree (GRPO's choice)
-The log-ratio is clamped to [-clamp, clamp] before exponentiating (verl's "low_var_kl" clamps
+k3 is computed as expm1(x) - x, so a log-ratio of 1e-6 (fp32 drift between two engines) gives
+5e-13 rather than 0. The log-ratio is clamped to [-clamp, clamp] before exponentiating (verl's "low_var_kl" clamps
 the result to [-10, 10]; clamping the input keeps the gradient finite as well).
 """
 
@@ -23,4 +24,4 @@ def kl_k2(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor, clamp: float = 10.0) -> torch.Tensor:
     x = (ref_logp - logp).clamp(-clamp, clamp)
-    return torch.exp(x) - x - 1.0
+    return torch.expm1(x) - x  # = exp(x) - 1 - x, without cancellation when x is tiny

@@ -1,0 +1,1 @@
+"""Rollout: the RolloutWorker actor and its engines (hf.py today; vLLM in the vLLM issue)."""
