@@ -3,12 +3,12 @@ import random
 
 import pytest
 
+from rewards.math import math_verifier
 from rlreason.config import ModelConfig, TaskConfig, WarmstartConfig
 from rlreason.data.arithmetic import make_problem, make_splits
 from rlreason.data.sampler import PromptSampler
 from rlreason.data.tokenizer import build_char_tokenizer
 from rlreason.learner.warmstart import cache_key
-from rewards.math import math_verifier
 
 
 def test_problem_solution_is_correct_and_verifiable():
