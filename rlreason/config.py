@@ -99,6 +99,9 @@ class AlgoConfig:
     entropy_coef: float = 0.0
     loss_agg: str = "seq-mean-token-mean"
     loss_norm_len: int = 0  # L_gen of seq-mean-token-sum-norm; 0 = rollout.max_new_tokens
+    # truncated importance sampling between the rollout engine and the learner (algos/rollout_correction.py)
+    tis_mode: str = "off"  # off | token | sequence-mask
+    tis_cap: float = 2.0
 
 
 @dataclass
@@ -179,6 +182,11 @@ def validate(cfg) -> None:
     _choice("algo.loss_agg", cfg.algo.loss_agg, LOSS_AGG_MODES)
     _choice("algo.estimator", cfg.algo.estimator, sorted(ESTIMATORS))
     _choice("algo.std_ddof", cfg.algo.std_ddof, (0, 1))
+    from rlreason.algos.rollout_correction import TIS_MODES
+
+    _choice("algo.tis_mode", cfg.algo.tis_mode, TIS_MODES)
+    if cfg.algo.tis_cap < 1:
+        raise ConfigError(f"algo.tis_cap={cfg.algo.tis_cap} is not valid; it must be >= 1.")
     for path in (
         "total_steps",
         "rollout.prompts_per_step",

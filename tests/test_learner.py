@@ -82,3 +82,20 @@ def test_checkpoint_roundtrip(tiny_policy, rollout, tmp_path):
 
 def test_config_dataclass_replace_keeps_types():
     assert dataclasses.replace(LearnerConfig(), threads=2).threads == 2
+
+
+@pytest.mark.parametrize("mode", ["token", "sequence-mask"])
+def test_truncated_is_modes_in_the_learner(tiny_policy, rollout, mode):
+    _, batch = rollout
+    # sampling logprobs shifted down by log 4: every token ratio is 4, so token mode caps every weight at
+    # 2 and sequence-mask mode drops every sequence (its product ratio is 4 ** |o| > 2)
+    shifted = dataclasses.replace(batch, sampling_logprobs=(batch.sampling_logprobs - torch.log(torch.tensor(4.0))) * batch.response_mask)
+    learner = Learner(tiny_policy, LearnerConfig(), AlgoConfig(tis_mode=mode, tis_cap=2.0), 1.0, 12)
+    m = learner.train_step(shifted)
+    if mode == "token":
+        assert m["rollout_correction/weight_mean"] == pytest.approx(2.0, abs=1e-3)
+        assert m["grad_norm"] > 0
+    else:
+        assert m["rollout_correction/masked_seq_frac"] == 1.0
+        assert m["grad_norm"] == 0.0  # nothing left to learn from
+    assert m["kl/rollout_vs_train"] > 0.5  # k3 of a log-ratio of log 4: 4 - 1 - log 4 = 1.61

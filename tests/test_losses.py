@@ -92,3 +92,31 @@ def test_k3_resolves_tiny_differences():
     # fp32 drift between sampler and learner: x = 1e-4 -> k3 = x^2/2 = 5e-9, not rounded to 0
     logp = torch.tensor([-1.0])
     assert float(kl_k3(logp, logp + 1e-4)) == pytest.approx(5e-9, rel=1e-2)
+
+
+def test_truncated_is_token_mode_hand_worked():
+    from rlreason.algos.rollout_correction import rollout_correction_weights
+
+    # pi_old = [0.5, 0.2, x], pi_sample = [0.25, 0.4, x] -> ratios [2, 0.5]; cap 1.5 -> [1.5, 0.5]; pad -> 0
+    old = torch.log(torch.tensor([[0.5, 0.2, 0.3]]))
+    samp = torch.log(torch.tensor([[0.25, 0.4, 0.9]]))
+    mask = torch.tensor([[1, 1, 0]])
+    w = rollout_correction_weights(old, samp, mask, "token", cap=1.5)
+    assert torch.allclose(w, torch.tensor([[1.5, 0.5, 0.0]]))
+    assert torch.equal(rollout_correction_weights(old, samp, mask, "off", cap=1.5), torch.tensor([[1.0, 1.0, 0.0]]))
+
+
+def test_truncated_is_sequence_mask_mode_hand_worked():
+    from rlreason.algos.rollout_correction import rollout_correction_weights
+
+    # seq 0: ratios [2, 0.5] -> product 1 <= cap 2: kept; seq 1: ratios [2, 2] -> product 4 > 2: dropped;
+    # seq 2: ratios [2, 2, (pad 100)] -> the pad does not count: product 4 > 2 dropped; with cap 5 kept
+    old = torch.log(torch.tensor([[0.5, 0.2, 1.0], [0.4, 0.4, 1.0], [0.4, 0.4, 1.0]]))
+    samp = torch.log(torch.tensor([[0.25, 0.4, 1.0], [0.2, 0.2, 1.0], [0.2, 0.2, 0.01]]))
+    mask = torch.tensor([[1, 1, 0], [1, 1, 0], [1, 1, 0]])
+    w = rollout_correction_weights(old, samp, mask, "sequence-mask", cap=2.0)
+    assert torch.equal(w, torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]))
+    w = rollout_correction_weights(old, samp, mask, "sequence-mask", cap=5.0)
+    assert torch.equal(w, torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [1.0, 1.0, 0.0]]))
+    with pytest.raises(ValueError, match="sequence-mask"):
+        rollout_correction_weights(old, samp, mask, "seq", cap=2.0)

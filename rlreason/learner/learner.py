@@ -4,7 +4,9 @@ One `train_step` per rollout batch: an old-policy forward without gradient (logp
 configured estimator's advantages, then `learner.ppo_epochs` passes over `learner.mini_batches`
 mini-batches of the PPO-clip loss, one AdamW step each, gradients clipped to `learner.grad_clip`.
 With one epoch and one mini-batch the update is on-policy and the old logprobs are the detached
-logprobs of the very forward that is differentiated, so the ratio is exactly 1.
+logprobs of the very forward that is differentiated, so the ratio is exactly 1. `algo.tis_mode`
+reweights the policy-gradient term by the (truncated) learner/sampler ratio, see
+`algos/rollout_correction.py`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from rlreason.algos import ESTIMATORS
 from rlreason.algos.kl import kl_k3
 from rlreason.algos.losses import aggregate, ppo_clip_loss
+from rlreason.algos.rollout_correction import rollout_correction_weights
 from rlreason.batch import RolloutBatch
 from rlreason.learner.forward import response_logprobs
 from rlreason.policy import load_policy, load_tokenizer
@@ -87,6 +90,9 @@ class Learner:
             ref_logp = self._forward(self.ref, batch)["logprobs"] if self.ref is not None else None
         advantages = self.estimator(batch, self.algo, {"old_logprobs": old["logprobs"], "entropy": old["entropy"]})
         advantages = advantages * mask
+        is_weights = rollout_correction_weights(
+            old["logprobs"], batch.sampling_logprobs, mask, self.algo.tis_mode, self.algo.tis_cap
+        )
 
         metrics = {
             "entropy/mean": float(aggregate(old["entropy"], mask, "token-mean")),
@@ -97,6 +103,8 @@ class Learner:
             ),
             "advantage/mean": float(aggregate(advantages, mask, "token-mean")),
             "advantage/abs_mean": float(aggregate(advantages.abs(), mask, "token-mean")),
+            "rollout_correction/weight_mean": float(aggregate(is_weights, mask, "token-mean")),
+            "rollout_correction/masked_seq_frac": float(((is_weights * mask).sum(-1) == 0).float().mean()),
         }
 
         single = self.cfg.mini_batches == 1 and self.cfg.ppo_epochs == 1
@@ -113,6 +121,7 @@ class Learner:
                 logp = out["logprobs"]
                 old_logp = logp.detach() if single else old["logprobs"][idx]
                 pg_tok, info = ppo_clip_loss(logp, old_logp, advantages[idx], self.algo.clip_eps_low, self.algo.clip_eps_high)
+                pg_tok = pg_tok * is_weights[idx]
                 pg_loss = aggregate(pg_tok, mb_mask, self.algo.loss_agg, self.norm_len)
                 loss = pg_loss
                 if ref_logp is not None:
