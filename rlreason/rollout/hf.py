@@ -3,22 +3,33 @@
 Returns per-token sampling logprobs computed from the raw logits at the sampling temperature (the
 same quantity the learner computes), so `kl/rollout_vs_train` measures only numerical drift.
 `top_k` is disabled explicitly (HF's default of 50 would silently truncate the distribution).
+For MoE policies it also records the routed expert ids of every generated token
+(`rlreason/rollout/routing.py`), carried in `RolloutBatch.routed_experts`.
 """
 
 from __future__ import annotations
+
+import contextlib
+import logging
 
 import torch
 
 from rlreason.batch import RolloutBatch
 from rlreason.policy import load_policy, load_tokenizer
+from rlreason.rollout.routing import RoutingRecorder, find_routers
+
+log = logging.getLogger(__name__)
 
 
 class HFEngine:
-    def __init__(self, model_path: str, threads: int = 0):
+    def __init__(self, model_path: str, threads: int = 0, record_routing: bool = True):
         if threads:
             torch.set_num_threads(threads)
         self.model = load_policy(model_path)
         self.model.eval()
+        self.record_routing = record_routing and bool(find_routers(self.model))
+        if record_routing and not self.record_routing:
+            log.info("rollout: the policy has no MoE routers; routed experts are not recorded (None)")
         self.tokenizer = load_tokenizer(model_path)
         self.pad_id = self.tokenizer.pad_token_id
         self.eos_id = self.tokenizer.eos_token_id
@@ -44,20 +55,11 @@ class HFEngine:
         prompt_mask = enc.attention_mask.repeat_interleave(n, dim=0)
         if seed is not None:
             torch.manual_seed(seed)
-        out = self.model.generate(
-            input_ids=prompt_ids,
-            attention_mask=prompt_mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=not greedy,
-            temperature=None if greedy else temperature,
-            top_p=None if greedy else top_p,
-            top_k=None if greedy else 0,
-            pad_token_id=self.pad_id,
-            eos_token_id=self.eos_id,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
+        recorder = RoutingRecorder(self.model, prompt_ids.shape[0]) if self.record_routing else None
+        with recorder if recorder is not None else contextlib.nullcontext():
+            out = self._generate(prompt_ids, prompt_mask, max_new_tokens, temperature, top_p, greedy)
         P = prompt_ids.shape[1]
+
         response_ids = out.sequences[:, P:]
         temp = 1.0 if greedy else temperature
         logits = torch.stack(out.logits, dim=1).float() / temp
@@ -79,4 +81,21 @@ class HFEngine:
             group_index=torch.arange(len(prompts)).repeat_interleave(n),
             truncated=truncated,
         )
+        if recorder is not None:
+            batch.routed_experts = recorder.result(response_mask)
         return batch, texts
+
+    def _generate(self, prompt_ids, prompt_mask, max_new_tokens, temperature, top_p, greedy):
+        return self.model.generate(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=not greedy,
+            temperature=None if greedy else temperature,
+            top_p=None if greedy else top_p,
+            top_k=None if greedy else 0,
+            pad_token_id=self.pad_id,
+            eos_token_id=self.eos_id,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )

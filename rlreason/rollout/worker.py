@@ -7,6 +7,7 @@ import logging
 import torch
 
 from rlreason.batch import RolloutBatch
+from rlreason.rollout.routing import validate_routed_experts
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,7 @@ class RolloutWorker:
 
         self.engine = HFEngine(model_path, threads=threads)
         self.weights_version = 0
+        self._routing_warned = False
 
     def load_weights(self, state_dict: dict, version: int) -> int:
         """Replace all weights at once; generation never sees a mix of versions (the actor is
@@ -45,6 +47,15 @@ class RolloutWorker:
         )
         batch.group_index = batch.group_index + group_offset
         batch.weights_version = self.weights_version
+        if batch.routed_experts is not None:
+            cfg = self.engine.model.config
+            try:
+                validate_routed_experts(batch.routed_experts, cfg.num_experts, cfg.num_experts_per_tok)
+            except ValueError as e:  # a broken capture must not poison training: drop it, say so once
+                if not self._routing_warned:
+                    log.error("rollout: routed-expert capture failed validation (%s); carrying None", e)
+                    self._routing_warned = True
+                batch.routed_experts = None
         return batch, texts
 
     @torch.no_grad()
