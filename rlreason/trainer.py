@@ -149,6 +149,11 @@ class Trainer:
         }
 
     def sync_weights(self, version: int) -> None:
+        if self.cfg.rollout.engine == "vllm":  # in-place reload from an HF folder the learner writes
+            path = str((self.run_dir / "weights_sync").resolve())
+            ray.get(self.learner.save_weights.remote(path))
+            ray.get([w.load_weights_from_path.remote(path, version) for w in self.workers])
+            return
         weights = self.learner.get_weights.remote()
         ray.get([w.load_weights.remote(weights, version) for w in self.workers])
 
@@ -190,9 +195,10 @@ class Trainer:
         )
         self.workers = [
             ray.remote(num_cpus=cfg.rollout.cpus)(RolloutWorker).options(**opts).remote(
-                cfg.rollout.engine, str(self.policy_path), threads(cfg.rollout.threads)
+                cfg.rollout.engine, str(self.policy_path), threads(cfg.rollout.threads), cfg.seed + k,
+                cfg.rollout.vllm_kv_cache_gib, cfg.rollout.vllm_gpu_memory_utilization,
             )
-            for _ in range(cfg.rollout.num_workers)
+            for k in range(cfg.rollout.num_workers)
         ]
         ray.get([self.learner.get_weights.remote()] + [w.ping.remote() for w in self.workers])
         self.correct_spec = import_path(cfg.reward.verifier)

@@ -156,6 +156,22 @@ class Learner:
         metrics["learner/version"] = self.version
         return metrics
 
+    def save_weights(self, directory: str) -> str:
+        """Write the policy as an HF folder (for engines that reload weights from disk, e.g. vLLM).
+
+        Tied output embeddings are written out as `lm_head.weight` too: vLLM's in-place reload
+        rebuilds every module it finds, and one with no weights in the folder stays uninitialised."""
+        from safetensors.torch import load_file, save_file
+
+        self.model.save_pretrained(directory)
+        if getattr(self.model.config, "tie_word_embeddings", False):
+            path = Path(directory) / "model.safetensors"
+            tensors = load_file(str(path))
+            if "lm_head.weight" not in tensors:
+                tensors["lm_head.weight"] = self.model.get_output_embeddings().weight.detach().clone()
+                save_file(tensors, str(path), metadata={"format": "pt"})
+        return directory
+
     # -- checkpoints -------------------------------------------------------------------------
     def save(self, directory: str) -> None:
         d = Path(directory)

