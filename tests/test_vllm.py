@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from conftest import read_metrics, run_cli
+
 from rlreason.config import AlgoConfig, LearnerConfig
 from rlreason.learner.learner import Learner
 from rlreason.rollout.worker import RolloutWorker
