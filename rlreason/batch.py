@@ -28,6 +28,11 @@ class RolloutBatch:
     def size(self) -> int:
         return self.response_ids.shape[0]
 
+    def to(self, device) -> "RolloutBatch":
+        """A copy with every tensor on `device` (the learner and engines compute where their model lives)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        return RolloutBatch(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in out.items()})
+
     def select(self, idx: torch.Tensor) -> "RolloutBatch":
         out = {}
         for f in fields(self):

@@ -20,12 +20,14 @@ def test_hf_engine_records_routing_that_matches_a_full_forward(tiny_policy):
 
     # the same ids come out of one teacher-forced pass over prompt + response
     input_ids, attention_mask, position_ids = build_inputs(batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask)
+    dev = engine.device
     with torch.no_grad():
-        out = engine.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, output_router_logits=True)
+        out = engine.model(input_ids=input_ids.to(dev), attention_mask=attention_mask.to(dev), position_ids=position_ids.to(dev),
+                           output_router_logits=True)
     P = batch.prompt_ids.shape[1]
     agree = total = 0
     for layer, logits in enumerate(out.router_logits):
-        top = logits.view(B, -1, logits.shape[-1]).topk(2, dim=-1).indices[:, P - 1 : P - 1 + T]
+        top = logits.view(B, -1, logits.shape[-1]).topk(2, dim=-1).indices[:, P - 1 : P - 1 + T].cpu()
         same = (top.sort(-1).values == routed[:, :, layer].long().sort(-1).values).all(-1)
         agree += int(same[mask].sum())
         total += int(mask.sum())

@@ -26,10 +26,10 @@ def group_advantages(
     """Per-sample advantages [B] from rewards [B] and integer group ids [B]."""
     rewards = rewards.to(torch.float64)
     groups, inverse, counts = torch.unique(group_index, return_inverse=True, return_counts=True)
-    sums = torch.zeros(len(groups), dtype=torch.float64).index_add_(0, inverse, rewards)
+    sums = torch.zeros(len(groups), dtype=torch.float64, device=rewards.device).index_add_(0, inverse, rewards)
     mean = sums / counts
     centered = rewards - mean[inverse]
-    sq = torch.zeros(len(groups), dtype=torch.float64).index_add_(0, inverse, centered**2)
+    sq = torch.zeros(len(groups), dtype=torch.float64, device=rewards.device).index_add_(0, inverse, centered**2)
     denom = (counts - std_ddof).clamp(min=1)
     std = (sq / denom).sqrt()
     degenerate = (counts < 2) | (std <= 0)

@@ -16,6 +16,8 @@ mean; a geometric mean would be cap ** (1/|o|) in these units. Chosen here, expo
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 TIS_MODES = ("off", "token", "sequence-mask")
@@ -32,6 +34,6 @@ def rollout_correction_weights(
     if mode == "token":
         return torch.exp(log_ratio).clamp(max=cap) * mask
     if mode == "sequence-mask":
-        keep = (log_ratio.sum(-1) <= torch.log(torch.tensor(cap, dtype=log_ratio.dtype))).to(mask.dtype)
+        keep = (log_ratio.sum(-1) <= math.log(cap)).to(mask.dtype)
         return keep[:, None] * mask
     raise ValueError(f"unknown rollout correction mode {mode!r}; choose one of {', '.join(TIS_MODES)}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -41,12 +42,13 @@ class Learner:
             torch.set_num_threads(learner_cfg.threads)
         torch.manual_seed(seed)
         self.generator = torch.Generator().manual_seed(seed)
-        self.model = load_policy(model_path)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = load_policy(model_path).to(self.device)
         self.model.train()
         self.tokenizer = load_tokenizer(model_path)
         self.ref = None
         if algo_cfg.kl_coef > 0:
-            self.ref = load_policy(model_path)
+            self.ref = load_policy(model_path).to(self.device)
             self.ref.eval()
             self.ref.requires_grad_(False)
         self.optimizer = torch.optim.AdamW(
@@ -62,7 +64,7 @@ class Learner:
 
     def _autocast(self):
         if self.cfg.dtype == "bf16":
-            return torch.autocast("cpu" if not torch.cuda.is_available() else "cuda", dtype=torch.bfloat16)
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def _forward(self, model, b: RolloutBatch, with_entropy: bool = False) -> dict:
@@ -72,18 +74,19 @@ class Learner:
             )
 
     def get_weights(self) -> dict:
-        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
 
     @torch.no_grad()
     def score_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
         self.model.eval()
         try:
-            return self._forward(self.model, batch)["logprobs"]
+            return self._forward(self.model, batch.to(self.device))["logprobs"].cpu()
         finally:
             self.model.train()
 
     def train_step(self, batch: RolloutBatch) -> dict:
         t0 = time.perf_counter()
+        batch = batch.to(self.device)
         mask = batch.response_mask.float()
         with torch.no_grad():
             old = self._forward(self.model, batch, with_entropy=True)
@@ -99,7 +102,7 @@ class Learner:
             # k3 estimate of KL(pi_sample || pi_train) on the sampled tokens
             "kl/rollout_vs_train": float(aggregate(kl_k3(batch.sampling_logprobs, old["logprobs"]), mask, "token-mean")),
             "kl/rollout_ratio_gt2_frac": float(
-                aggregate((old["logprobs"] - batch.sampling_logprobs > torch.log(torch.tensor(2.0))).float(), mask, "token-mean")
+                aggregate((old["logprobs"] - batch.sampling_logprobs > math.log(2.0)).float(), mask, "token-mean")
             ),
             "advantage/mean": float(aggregate(advantages, mask, "token-mean")),
             "advantage/abs_mean": float(aggregate(advantages.abs(), mask, "token-mean")),
@@ -192,9 +195,9 @@ class Learner:
         d = Path(directory)
         # through from_pretrained, so HF's on-disk layout (e.g. per-expert MoE weights) maps back
         saved = load_policy(d / "policy")
-        self.model.load_state_dict(saved.state_dict(), strict=True)
+        self.model.load_state_dict(saved.state_dict(), strict=True)  # copies onto self.device
         del saved
-        extra = torch.load(d / "learner.pt", weights_only=False)
+        extra = torch.load(d / "learner.pt", weights_only=False, map_location="cpu")  # optimizer state follows the params
         self.optimizer.load_state_dict(extra["optimizer"])
         torch.set_rng_state(extra["torch_rng"])
         self.generator.set_state(extra["generator"])

@@ -25,7 +25,8 @@ class HFEngine:
     def __init__(self, model_path: str, threads: int = 0, record_routing: bool = True):
         if threads:
             torch.set_num_threads(threads)
-        self.model = load_policy(model_path)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = load_policy(model_path).to(self.device)
         self.model.eval()
         self.record_routing = record_routing and bool(find_routers(self.model))
         if record_routing and not self.record_routing:
@@ -51,8 +52,8 @@ class HFEngine:
         enc = self.tokenizer(
             prompts, return_tensors="pt", padding=True, add_special_tokens=False, return_token_type_ids=False
         )
-        prompt_ids = enc.input_ids.repeat_interleave(n, dim=0)
-        prompt_mask = enc.attention_mask.repeat_interleave(n, dim=0)
+        prompt_ids = enc.input_ids.repeat_interleave(n, dim=0).to(self.device)
+        prompt_mask = enc.attention_mask.repeat_interleave(n, dim=0).to(self.device)
         if seed is not None:
             torch.manual_seed(seed)
         recorder = RoutingRecorder(self.model, prompt_ids.shape[0]) if self.record_routing else None
@@ -78,12 +79,12 @@ class HFEngine:
             response_ids=response_ids,
             response_mask=response_mask,
             sampling_logprobs=logprobs,
-            group_index=torch.arange(len(prompts)).repeat_interleave(n),
+            group_index=torch.arange(len(prompts), device=self.device).repeat_interleave(n),
             truncated=truncated,
         )
         if recorder is not None:
             batch.routed_experts = recorder.result(response_mask)
-        return batch, texts
+        return batch.to("cpu"), texts
 
     def _generate(self, prompt_ids, prompt_mask, max_new_tokens, temperature, top_p, greedy):
         return self.model.generate(

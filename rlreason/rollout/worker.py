@@ -82,9 +82,10 @@ class RolloutWorker:
                 raise ValueError("vLLM scoring is at temperature 1")
             return self.engine.score(batch)
 
+        b = batch.to(self.engine.device)
         return response_logprobs(
-            self.engine.model, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask, temperature
-        )["logprobs"]
+            self.engine.model, b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask, temperature
+        )["logprobs"].cpu()
 
     def ping(self) -> int:
         return self.weights_version
