@@ -86,8 +86,11 @@ class Trainer:
             self.sync_weights(train_metrics["learner/version"])  # 5. new weights to the rollout workers
             t_sync = time.perf_counter() - t0
             metrics = {"step": step, **reward_metrics, **train_metrics}
+            t_step = time.perf_counter() - t_step  # the step proper; evaluation is timed on its own
             if step == cfg.total_steps or (cfg.eval_every and step % cfg.eval_every == 0):
+                t0 = time.perf_counter()
                 eval_after = metrics["accuracy/eval"] = self.evaluate()
+                metrics["timing/eval_s"] = time.perf_counter() - t0
             n_tokens = int(batch.response_mask.sum())
             metrics.update(
                 {
@@ -97,7 +100,7 @@ class Trainer:
                     "timing/reward_s": t_reward,
                     "timing/train_s": t_train,
                     "timing/sync_s": t_sync,
-                    "timing/step_s": time.perf_counter() - t_step,
+                    "timing/step_s": t_step,
                     "throughput/rollout_tokens_per_s": n_tokens / max(t_rollout, 1e-9),
                     "curriculum/epoch": self.sampler.epoch,
                     "curriculum/consumed": self.sampler.consumed,

@@ -63,8 +63,9 @@ class RolloutWorker:
         batch.weights_version = self.weights_version
         if batch.routed_experts is not None:
             cfg = self.engine.model.config  # only the HF engine records routing on CPU
+            num_experts = getattr(cfg, "num_experts", None) or getattr(cfg, "num_local_experts", 0)
             try:
-                validate_routed_experts(batch.routed_experts, cfg.num_experts, cfg.num_experts_per_tok)
+                validate_routed_experts(batch.routed_experts, num_experts, cfg.num_experts_per_tok)
             except ValueError as e:  # a broken capture must not poison training: drop it, say so once
                 if not self._routing_warned:
                     log.error("rollout: routed-expert capture failed validation (%s); carrying None", e)
