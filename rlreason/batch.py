@@ -42,7 +42,8 @@ class RolloutBatch:
 
     @staticmethod
     def concat(parts: list["RolloutBatch"], pad_id: int) -> "RolloutBatch":
-        """Concatenate batches from several workers, re-padding prompts (left) and responses (right)."""
+        """Concatenate batches (from several workers, or several generation rounds), re-padding prompts
+        (left) and responses (right). Group ids are kept as they are: callers keep them distinct."""
         if len(parts) == 1:
             return parts[0]
         P = max(p.prompt_ids.shape[1] for p in parts)
@@ -64,6 +65,9 @@ class RolloutBatch:
             truncated=torch.cat([p.truncated for p in parts]),
             weights_version=parts[0].weights_version,
         )
+        for name in ("rewards", "correct", "budgets"):
+            if all(getattr(p, name) is not None for p in parts):
+                out[name] = torch.cat([getattr(p, name) for p in parts])
         if all(p.routed_experts is not None for p in parts):
             out["routed_experts"] = torch.cat(
                 [torch.nn.functional.pad(p.routed_experts, (0, 0, 0, 0, 0, T - p.routed_experts.shape[1]), value=-1) for p in parts]

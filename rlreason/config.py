@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 LOSS_AGG_MODES = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
+POLICY_LOSSES = ("ppo", "gspo", "gspo-token")
 ENGINES = ("hf", "vllm")
 DTYPES = ("fp32", "bf16")
 MODEL_KINDS = ("tiny_moe", "pretrained")
@@ -89,8 +90,36 @@ class RolloutConfig:
 
 
 @dataclass
+class TempoConfig:
+    td_weight: float = 1.0  # lambda_td of the branch-gated TD term (reconstructed: no value reported)
+
+
+@dataclass
+class THRConfig:
+    p: float = 0.0  # > 0 exploitation, < 0 exploration, 0 = GRPO
+    tau_beta: float = 1.0  # dominant-set threshold: tau = tau_beta * min over correct responses of mean |THR|
+    only_dominant: bool = False  # "THR-only": zero advantage outside the dominant set
+
+
+@dataclass
+class D3SConfig:
+    n_init: float = 0.5  # share of the batch's samples kept at the start (max-variance subset)
+    n_final: float = 1.0
+    k_init: float = 0.5  # share of the kept samples' tokens kept at the start (top |A| * H)
+    k_final: float = 1.0
+    per_group: bool = False  # D3S-I: select within each group instead of across the batch
+    token_scope: str = "batch"  # batch | sequence
+
+
+@dataclass
+class TWConfig:
+    alpha: float = 1.4  # weights lie in [1, alpha] (the official code's default; its script uses 1.7)
+
+
+@dataclass
 class AlgoConfig:
-    estimator: str = "grpo"
+    estimator: str = "grpo"  # a registered name (see rlreason/algos) or module:function
+    policy_loss: str = "ppo"  # ppo (token ratio) | gspo (sequence ratio) | gspo-token
     std_ddof: int = 1  # ddof of the group std (1 = unbiased, as TRL/verl)
     adv_eps: float = 1.0e-6
     scale_by_std: bool = True
@@ -104,6 +133,20 @@ class AlgoConfig:
     # truncated importance sampling between the rollout engine and the learner (algos/rollout_correction.py)
     tis_mode: str = "off"  # off | token | sequence-mask
     tis_cap: float = 2.0
+    # DAPO's overlong reward shaping: -> 0 up to max_new_tokens - overlong_cache, then linearly to -1 at max_new_tokens
+    overlong_shaping: bool = False
+    overlong_cache: int = 8
+    # dynamic sampling: keep only groups whose pass rate lies in the band, refill from new prompts
+    # (DAPO: low=0, high=1, exclusive, i.e. drop groups with zero reward variance)
+    dynamic_sampling: bool = False
+    filter_low: float = 0.0
+    filter_high: float = 1.0
+    filter_inclusive: bool = False
+    filter_max_rounds: int = 4  # generation rounds per step before training on a short batch
+    tempo: TempoConfig = field(default_factory=TempoConfig)
+    thr: THRConfig = field(default_factory=THRConfig)
+    d3s: D3SConfig = field(default_factory=D3SConfig)
+    tw: TWConfig = field(default_factory=TWConfig)
 
 
 @dataclass
@@ -138,6 +181,9 @@ class Config:
     run_dir: Optional[str] = None
     resume: bool = False
     total_steps: int = 100
+    # stop after the step whose generated response tokens (all rounds) reach this total; 0 = off.
+    # Compares methods at an equal rollout budget (DAPO's refills and D3S's down-sampling differ per step).
+    rollout_token_budget: int = 0
     eval_every: int = 25  # greedy eval on the held-out split every N steps (0: only before and after RL)
     checkpoint_every: int = 50  # 0: only at the last step
     keep_checkpoints: int = 2
@@ -184,7 +230,27 @@ def validate(cfg) -> None:
         _check_vllm(cfg)
     _choice("learner.dtype", cfg.learner.dtype, DTYPES)
     _choice("algo.loss_agg", cfg.algo.loss_agg, LOSS_AGG_MODES)
-    _choice("algo.estimator", cfg.algo.estimator, sorted(ESTIMATORS))
+    if ":" not in cfg.algo.estimator:
+        _choice("algo.estimator", cfg.algo.estimator, sorted(ESTIMATORS) + ["<module:function>"])
+    _choice("algo.policy_loss", cfg.algo.policy_loss, POLICY_LOSSES)
+    _choice("algo.d3s.token_scope", cfg.algo.d3s.token_scope, ("batch", "sequence"))
+    for path in ("algo.d3s.n_init", "algo.d3s.n_final", "algo.d3s.k_init", "algo.d3s.k_final"):
+        if not 0 < _get(cfg, path) <= 1:
+            raise ConfigError(f"{path}={_get(cfg, path)} is not valid; it must lie in (0, 1].")
+    if cfg.algo.tw.alpha < 1:
+        raise ConfigError(f"algo.tw.alpha={cfg.algo.tw.alpha} is not valid; it must be >= 1.")
+    if not -1 <= cfg.algo.thr.p <= 1:
+        raise ConfigError(f"algo.thr.p={cfg.algo.thr.p} is not valid; it must lie in [-1, 1].")
+    if not 0 <= cfg.algo.filter_low <= cfg.algo.filter_high <= 1:
+        raise ConfigError(
+            f"algo.filter_low={cfg.algo.filter_low}, algo.filter_high={cfg.algo.filter_high}: need 0 <= low <= high <= 1."
+        )
+    if cfg.algo.overlong_shaping and not 0 < cfg.algo.overlong_cache < cfg.rollout.max_new_tokens:
+        raise ConfigError(
+            f"algo.overlong_cache={cfg.algo.overlong_cache} must lie in 1..rollout.max_new_tokens-1 "
+            f"({cfg.rollout.max_new_tokens - 1}) when algo.overlong_shaping=true."
+        )
+    _positive("algo.filter_max_rounds", cfg.algo.filter_max_rounds)
     _choice("algo.std_ddof", cfg.algo.std_ddof, (0, 1))
     from rlreason.algos.rollout_correction import TIS_MODES
 
@@ -207,7 +273,7 @@ def validate(cfg) -> None:
         "learner.lr",
     ):
         _positive(path, _get(cfg, path))
-    for path in ("eval_every", "checkpoint_every", "algo.kl_coef", "algo.entropy_coef", "learner.grad_clip"):
+    for path in ("rollout_token_budget", "eval_every", "checkpoint_every", "algo.kl_coef", "algo.entropy_coef", "learner.grad_clip"):
         _positive(path, _get(cfg, path), allow_zero=True)
     if not 0 < cfg.rollout.top_p <= 1:
         raise ConfigError(f"rollout.top_p={cfg.rollout.top_p} is not valid; it must lie in (0, 1].")

@@ -1,5 +1,8 @@
 """Entry point: ``python rlreason/run.py recipe=<name> [model=..] [task=..] [scale=..] [key.path=value ...]``.
 
+``python rlreason/run.py -m recipe=grpo,tempo seed=0,1,2 [sweep_dir=DIR]`` runs every combination
+(see `multirun`); ``python -m rlreason.report DIR`` compares them.
+
 Composes the Hydra config groups under `recipes/` over the schema in `rlreason/config.py`, validates
 it (a user mistake ends in a one-paragraph message and exit code 2, before any actor starts), then
 joins the Ray cluster named by ``ray.address`` or ``RAY_ADDRESS`` (as under ``ray job submit``) or
@@ -173,8 +176,110 @@ def init_ray(cfg) -> None:
     )
 
 
+def split_sweep(value: str) -> list[str]:
+    """`a,b,c` -> [a, b, c]; commas inside [...], {...} or quotes do not split (list values stay whole)."""
+    parts, depth, quote, cur = [], 0, None, ""
+    for ch in value:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+            continue
+        cur += ch
+    parts.append(cur)
+    return parts
+
+
+def expand_sweep(argv: list[str]) -> list[list[str]]:
+    """Hydra-style multirun: the cartesian product of every `key=v1,v2,...` override, in argument order."""
+    import itertools
+
+    axes = []
+    for ov in argv:
+        if "=" not in ov:
+            axes.append([ov])
+            continue
+        key, value = ov.split("=", 1)
+        axes.append([f"{key}={v}" for v in split_sweep(value)])
+    return [list(job) for job in itertools.product(*axes)]
+
+
+def job_name(job: list[str], swept: set[str]) -> str:
+    import re
+
+    parts = [ov for ov in job if ov.split("=", 1)[0] in swept] or ["job"]
+    return re.sub(r"[^A-Za-z0-9=,._+-]", "_", ",".join(parts))
+
+
+def multirun(argv: list[str]) -> int:
+    """`run.py -m recipe=grpo,tempo seed=0,1,2 [sweep_dir=DIR]`: each combination runs as its own
+    `run.py` process, one after another, under DIR/<swept key=value,...>. Every job's config is
+    composed and validated before the first starts. A job whose directory already holds a finished
+    run (summary.json) is skipped, an unfinished one resumes, so re-running the same command after an
+    interruption completes the sweep. A failing job does not stop the others; the exit code is 1 if
+    any failed. `python -m rlreason.report DIR` then compares them."""
+    import subprocess
+    import time
+
+    sweep_dir = None
+    rest = []
+    for ov in argv:
+        if ov.startswith("sweep_dir="):
+            sweep_dir = Path(ov.split("=", 1)[1])
+        elif ov.split("=", 1)[0] in ("run_dir", "resume"):
+            print(f"rlreason: config error: '{ov}' cannot be given with -m: each job gets sweep_dir/<name> and resumes "
+                  "when its directory holds an unfinished run.", file=sys.stderr)
+            return 2
+        else:
+            rest.append(ov)
+    sweep_dir = sweep_dir or Path("multirun") / time.strftime("%Y%m%d-%H%M%S")
+    jobs = expand_sweep(rest)
+    swept = {ov.split("=", 1)[0] for ov in rest if "=" in ov and len(split_sweep(ov.split("=", 1)[1])) > 1}
+    names = [job_name(job, swept) for job in jobs]
+    if len(set(names)) != len(names):
+        print("rlreason: config error: two sweep jobs would share a directory; sweep distinct values.", file=sys.stderr)
+        return 2
+    for job in jobs:
+        try:
+            compose(job)
+        except UserError as e:
+            print(f"rlreason: config error in job {' '.join(job)}: {e}", file=sys.stderr)
+            return 2
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    print(f"sweep_dir: {sweep_dir.resolve()} ({len(jobs)} jobs)", flush=True)
+    failed = []
+    for i, (job, name) in enumerate(zip(jobs, names), 1):
+        run_dir = sweep_dir / name
+        if (run_dir / "summary.json").exists():
+            print(f"[{i}/{len(jobs)}] {name}: already finished, skipped", flush=True)
+            continue
+        extra = [f"run_dir='{run_dir}'"] + (["resume=true"] if (run_dir / "metrics.jsonl").exists() else [])
+        print(f"[{i}/{len(jobs)}] {name}: {' '.join(job + extra)}", flush=True)
+        t0 = time.time()
+        rc = subprocess.call([sys.executable, str(Path(__file__).resolve()), *job, *extra])
+        status = "ok" if rc == 0 else f"FAILED (exit {rc})"
+        print(f"[{i}/{len(jobs)}] {name}: {status} in {time.time() - t0:.0f} s", flush=True)
+        if rc != 0:
+            failed.append(name)
+    if failed:
+        print(f"{len(failed)} of {len(jobs)} jobs failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    print(f"all {len(jobs)} jobs done. compare them: python -m rlreason.report {sweep_dir}", flush=True)
+    return 0
+
+
 def main(argv: list[str]) -> int:
     import logging
+
+    if argv and argv[0] in ("-m", "--multirun"):
+        return multirun(argv[1:])
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
@@ -197,6 +302,8 @@ def main(argv: list[str]) -> int:
 
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     (run_dir / "choices.yaml").write_text(OmegaConf.to_yaml(choices))
+    given = [ov for ov in argv if ov.split("=", 1)[0] not in ("run_dir", "resume")]
+    (run_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(given))  # what the user asked for (labels in reports)
 
     import ray
 
@@ -213,7 +320,7 @@ def main(argv: list[str]) -> int:
     before, after = summary["eval_accuracy_before_rl"], summary["eval_accuracy_after_rl"]
     fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
     print(
-        f"done: {cfg.total_steps} steps. held-out eval accuracy: warm start {fmt(before)} -> after RL {fmt(after)}. "
+        f"done: {summary['steps']} steps. held-out eval accuracy: warm start {fmt(before)} -> after RL {fmt(after)}. "
         f"metrics: {run_dir / 'metrics.jsonl'}",
         flush=True,
     )

@@ -40,6 +40,8 @@ class Trainer:
         )
         self.sampler = PromptSampler(len(self.train), cfg.rollout.prompts_per_step, seed=cfg.seed)
         self.start_step = 0
+        self.steps_done = 0
+        self.rollout_tokens = 0  # response tokens generated for training so far (all rounds, kept or not)
         # the warm start runs here, before Ray starts, so it has the machine to itself
         self.policy_path, self.warmstart_info = self._initial_policy()
 
@@ -71,23 +73,20 @@ class Trainer:
         eval_after = None
         for step in range(self.start_step + 1, cfg.total_steps + 1):
             t_step = time.perf_counter()
-            indices = self.sampler.next_batch()  # 1. the curriculum picks prompts
+            # 1-3. the curriculum picks prompts, the workers generate, the verifiers score
+            batch, indices, reward_metrics, t_rollout, t_reward = self.collect(step)
+            self.rollout_tokens += int(batch.response_mask.sum())
+            self.steps_done = step
             t0 = time.perf_counter()
-            batch, texts = self.generate([self.train[i].prompt for i in indices], seed=cfg.seed * 1_000_003 + step)  # 2.
-            t_rollout = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            samples = [self.train[i].as_sample() for i in indices for _ in range(cfg.rollout.group_size)]
-            reward_metrics = self.score(batch, texts, samples)  # 3. verifiers
-            t_reward = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            train_metrics = ray.get(self.learner.train_step.remote(batch))  # 4. learner
+            train_metrics = ray.get(self.learner.train_step.remote(batch, self.progress(step)))  # 4. learner
             t_train = time.perf_counter() - t0
             t0 = time.perf_counter()
             self.sync_weights(train_metrics["learner/version"])  # 5. new weights to the rollout workers
             t_sync = time.perf_counter() - t0
             metrics = {"step": step, **reward_metrics, **train_metrics}
             t_step = time.perf_counter() - t_step  # the step proper; evaluation is timed on its own
-            if step == cfg.total_steps or (cfg.eval_every and step % cfg.eval_every == 0):
+            last = step == cfg.total_steps or (cfg.rollout_token_budget and self.rollout_tokens >= cfg.rollout_token_budget)
+            if last or (cfg.eval_every and step % cfg.eval_every == 0):
                 t0 = time.perf_counter()
                 eval_after = metrics["accuracy/eval"] = self.evaluate()
                 metrics["timing/eval_s"] = time.perf_counter() - t0
@@ -102,19 +101,85 @@ class Trainer:
                     "timing/sync_s": t_sync,
                     "timing/step_s": t_step,
                     "throughput/rollout_tokens_per_s": n_tokens / max(t_rollout, 1e-9),
+                    "rollout/tokens_total": self.rollout_tokens,
                     "curriculum/epoch": self.sampler.epoch,
                     "curriculum/consumed": self.sampler.consumed,
                     "curriculum/batch_digest": indices_digest(indices),
                 }
             )
             self.telemetry.log(metrics)
-            if step == cfg.total_steps or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+            if last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                 self.save_checkpoint(step)
+            if last:
+                if step < cfg.total_steps:
+                    log.info("rollout_token_budget=%d reached at step %d (%d tokens): stopping", cfg.rollout_token_budget,
+                             step, self.rollout_tokens)
+                break
         if eval_after is None:
             eval_after = self.evaluate()
         return self._summary(eval_before, eval_after)
 
     # -- pieces of a step -----------------------------------------------------------------------
+    def progress(self, step: int) -> float:
+        """Training progress in [0, 1] for scheduled estimators: steps, or the token budget if that ends sooner."""
+        p = step / self.cfg.total_steps
+        if self.cfg.rollout_token_budget:
+            p = max(p, self.rollout_tokens / self.cfg.rollout_token_budget)
+        return min(p, 1.0)
+
+    def collect(self, step: int):
+        """Prompts -> groups of responses -> rewards, for one step. With `algo.dynamic_sampling`, groups
+        whose pass rate falls outside the band are dropped and new prompts are drawn until the step
+        has `rollout.prompts_per_step` groups or `algo.filter_max_rounds` rounds have run (then it
+        trains on what it has; a round that keeps nothing at all is logged as such)."""
+        from rlreason.algos.filtering import group_pass_rates, keep_groups
+
+        cfg, a = self.cfg, self.cfg.algo
+        G, want = cfg.rollout.group_size, cfg.rollout.prompts_per_step
+        kept_parts, kept_indices = [], []
+        rounds, seen_groups, passed, t_rollout, t_reward = 0, 0, 0, 0.0, 0.0
+        reward_metrics = {}
+        while True:
+            rounds += 1
+            indices = self.sampler.next_batch()
+            t0 = time.perf_counter()
+            seed = cfg.seed * 1_000_003 + step + 7_919 * (rounds - 1)
+            batch, texts = self.generate([self.train[i].prompt for i in indices], seed=seed)
+            t_rollout += time.perf_counter() - t0
+            if rounds > 1:
+                self.rollout_tokens += int(batch.response_mask.sum())  # the first round is counted by the caller
+            t0 = time.perf_counter()
+            samples = [self.train[i].as_sample() for i in indices for _ in range(G)]
+            round_metrics = self.score(batch, texts, samples)
+            t_reward += time.perf_counter() - t0
+            if rounds == 1:
+                reward_metrics = round_metrics
+            if not a.dynamic_sampling:
+                return batch, indices, reward_metrics, t_rollout, t_reward
+            batch.group_index = batch.group_index + seen_groups
+            seen_groups += len(indices)
+            keep = keep_groups(batch.correct, batch.group_index, a.filter_low, a.filter_high, a.filter_inclusive)
+            groups, _ = group_pass_rates(batch.correct, batch.group_index)
+            passed += int(keep.sum())
+            for g, k, i in zip(groups.tolist(), keep.tolist(), indices):
+                if k and len(kept_indices) < want:
+                    kept_parts.append(batch.select(torch.nonzero(batch.group_index == g).flatten()))
+                    kept_indices.append(i)
+            if len(kept_indices) >= want or rounds >= a.filter_max_rounds:
+                break
+        reward_metrics.update({
+            "filter/rounds": rounds,
+            "filter/kept_frac": passed / seen_groups,  # share of generated groups inside the band
+            "filter/short_batch": float(len(kept_indices) < want),
+        })
+        if not kept_parts:  # nothing passed the band: train on the last round as it is (zero-signal step)
+            log.warning("step %d: no group passed the filter band in %d rounds; training on the last round unfiltered", step, rounds)
+            return batch, indices, reward_metrics, t_rollout, t_reward
+        out = RolloutBatch.concat(kept_parts, self.pad_id)
+        # renumber the kept groups 0..n-1 in order
+        _, out.group_index = torch.unique_consecutive(out.group_index, return_inverse=True)
+        return out, kept_indices, reward_metrics, t_rollout, t_reward
+
     def generate(self, prompts: list[str], seed: int, greedy: bool = False, n: int | None = None):
         r = self.cfg.rollout
         n = n or (1 if greedy else r.group_size)
@@ -140,6 +205,10 @@ class Trainer:
         rewards = correct.clone()
         if r.format_weight:
             rewards += r.format_weight * torch.tensor([res.score for res in results[n:]], dtype=torch.float32)
+        if self.cfg.algo.overlong_shaping:
+            from rlreason.algos.shaping import overlong_penalty
+
+            rewards += overlong_penalty(batch.response_mask.sum(-1), self.cfg.rollout.max_new_tokens, self.cfg.algo.overlong_cache)
         batch.rewards, batch.correct = rewards, correct
         groups = rewards.view(-1, self.cfg.rollout.group_size)
         return {
@@ -215,7 +284,8 @@ class Trainer:
         ray.get(self.learner.save.remote(str(tmp)))
         # the learner saves its own torch RNG and shuffling generator; rollout seeds derive from
         # (seed, step), so the driver holds no random stream that a resume would need
-        state = {"step": step, "sampler": self.sampler.state_dict(), "warmstart": self.warmstart_info}
+        state = {"step": step, "sampler": self.sampler.state_dict(), "warmstart": self.warmstart_info,
+                 "rollout_tokens": self.rollout_tokens}
         (tmp / "trainer.json").write_text(json.dumps(state, indent=1))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -233,7 +303,8 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         version = ray.get(self.learner.load.remote(str(d)))
         self.sync_weights(version)
-        self.start_step = state["step"]
+        self.start_step = self.steps_done = state["step"]
+        self.rollout_tokens = state.get("rollout_tokens", 0)
         log.info("resumed from %s: step %d, %d prompts consumed", d, self.start_step, self.sampler.consumed)
 
     def _logged_eval(self, step: int) -> float | None:
@@ -247,7 +318,8 @@ class Trainer:
     def _summary(self, before: float | None, after: float) -> dict:
         summary = {
             "run_dir": str(self.run_dir),
-            "steps": self.cfg.total_steps,
+            "steps": self.steps_done,
+            "rollout_tokens": self.rollout_tokens,
             "eval_accuracy_before_rl": before,
             "eval_accuracy_after_rl": after,
             "warmstart": self.warmstart_info,

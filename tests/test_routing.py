@@ -72,3 +72,25 @@ def test_batches_from_several_workers_concatenate(tiny_policy):
     assert c.group_index.tolist() == [0, 0, 1, 1, 2, 2]
     assert c.routed_experts.shape[:2] == c.response_ids.shape
     assert (c.routed_experts[:2, a.response_ids.shape[1]:] == -1).all()
+
+
+def test_vllm_routes_are_sliced_to_the_response_positions():
+    """vLLM's per-completion routed_experts covers every forwarded token; the batch keeps the rows
+    whose logits sampled each response token (prompt_len - 1 onward), padded with -1 (CUDA-only in
+    vLLM, so this checks the slicing on a stand-in completion)."""
+    import types
+
+    from rlreason.rollout.vllm import VLLMEngine, _stack_routes
+
+    engine = VLLMEngine.__new__(VLLMEngine)
+    engine.capture_routing, engine._routing_warned = True, False
+    routes = torch.arange(6 * 2 * 2).reshape(6, 2, 2).numpy()  # 4 prompt + 3 response tokens, last not forwarded
+    rows = engine._response_routes(types.SimpleNamespace(token_ids=[5, 6, 7], routed_experts=routes), prompt_len=4)
+    assert rows[:, 0, 0].tolist() == [12, 16, 20]
+    short = engine._response_routes(types.SimpleNamespace(token_ids=[5], routed_experts=routes[:4]), prompt_len=4)
+    stacked = _stack_routes([rows, short], T=3)
+    assert stacked.shape == (2, 3, 2, 2) and stacked.dtype == torch.int16
+    assert stacked[1, :, 0, 0].tolist() == [12, -1, -1]
+    # too few rows for the response: refused (None), not misaligned
+    assert engine._response_routes(types.SimpleNamespace(token_ids=[5, 6, 7], routed_experts=routes[:4]), prompt_len=4) is None
+    assert _stack_routes([rows, None], T=3) is None

