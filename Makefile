@@ -1,4 +1,4 @@
-# `make run`: the embedded default (GRPO on a tiny MoE, procedural arithmetic). `make test`: the tests.
+# `make run`: the embedded default (TEMPO on a tiny MoE, procedural arithmetic). `make test`: the tests.
 # Both create .venv from nothing when it is missing or older than pyproject.toml, then run.
 PYTHON ?= python3
 VENV := .venv
@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) rlreason/run.py recipe=grpo $(RUN_ARGS)
+	$(PY) rlreason/run.py recipe=tempo $(RUN_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest tests
