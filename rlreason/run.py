@@ -214,13 +214,13 @@ def expand_sweep(argv: list[str]) -> list[list[str]]:
 def job_name(job: list[str], swept: set[str]) -> str:
     import re
 
-    parts = [ov for ov in job if ov.split("=", 1)[0] in swept] or ["job"]
+    parts = [ov for ov in job if ov.split("=", 1)[0] in swept or ov.split("=", 1)[0] == "recipe"] or ["job"]
     return re.sub(r"[^A-Za-z0-9=,._+-]", "_", ",".join(parts))
 
 
 def multirun(argv: list[str]) -> int:
     """`run.py -m recipe=grpo,tempo seed=0,1,2 [sweep_dir=DIR]`: each combination runs as its own
-    `run.py` process, one after another, under DIR/<swept key=value,...>. Every job's config is
+    `run.py` process, one after another, under DIR/<recipe and swept key=value,...>. Every job's config is
     composed and validated before the first starts. A job whose directory already holds a finished
     run (summary.json) is skipped, an unfinished one resumes, so re-running the same command after an
     interruption completes the sweep. A failing job does not stop the others; the exit code is 1 if
