@@ -73,3 +73,11 @@ class RolloutBatch:
                 [torch.nn.functional.pad(p.routed_experts, (0, 0, 0, 0, 0, T - p.routed_experts.shape[1]), value=-1) for p in parts]
             )
         return RolloutBatch(**out)
+
+
+def per_prompt_counts(n: int | list[int], num_prompts: int) -> torch.Tensor:
+    """Samples per prompt as a tensor: one `n` for all, or a list with one count per prompt (>= 1)."""
+    counts = torch.as_tensor(n if isinstance(n, (list, tuple)) else [n] * num_prompts, dtype=torch.long)
+    if counts.numel() != num_prompts or bool((counts < 1).any()):
+        raise ValueError(f"need one sample count >= 1 per prompt ({num_prompts} prompts), got {n}")
+    return counts

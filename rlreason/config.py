@@ -16,6 +16,8 @@ POLICY_LOSSES = ("ppo", "gspo", "gspo-token")
 ENGINES = ("hf", "vllm")
 DTYPES = ("fp32", "bf16")
 MODEL_KINDS = ("tiny_moe", "pretrained")
+TASKS = ("arithmetic", "gsm8k")
+CURRICULA = ("uniform", "length_budget", "knapsack", "sec")
 
 
 class ConfigError(ValueError):
@@ -41,9 +43,13 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    name: str = "arithmetic"
+    name: str = "arithmetic"  # arithmetic (procedural) | gsm8k (local JSONL folder at `path`, else the hub)
     num_terms: int = 3
     max_value: int = 9
+    # difficulty levels for arithmetic: each problem draws its number of terms from this list and is
+    # labelled with the category "terms<k>" (curricula choose among them); empty = [num_terms]
+    levels: list[int] = field(default_factory=list)
+    path: Optional[str] = None  # gsm8k: a folder with train.jsonl / test.jsonl (`question`, `answer` with '#### N')
     num_train: int = 20000
     num_eval: int = 200
     eval_fraction: float = 0.1
@@ -164,6 +170,41 @@ class LearnerConfig:
 
 
 @dataclass
+class LengthBudgetConfig:
+    schedule: str = "exponential"  # exponential | linear | custom
+    start: int = 32  # B at step 1
+    final: int = 12  # B after the last decay
+    decays: int = 3  # number of drops; stages of total_steps / (decays + 1) steps
+    custom: list[int] = field(default_factory=list)  # schedule=custom: one budget per equal stage
+    in_prompt: bool = True  # prefix the prompt with "budget <B>: "
+    cap_factor: float = 2.0  # generation cap = cap_factor * B (2: the whole triangular reward is reachable)
+    w_correct: float = 0.6
+    w_length: float = 0.3
+    w_format: float = 0.1
+
+
+@dataclass
+class KnapsackConfig:
+    n_low: int = 2  # fewest rollouts a prompt gets
+    n_up: int = 32  # most rollouts a prompt gets
+    prior: float = 0.5  # success rate assumed before any prompt has been seen
+
+
+@dataclass
+class SECConfig:
+    alpha: float = 0.5  # TD(0) step size of the arm values
+    tau: float = 0.2  # softmax temperature over arm values
+
+
+@dataclass
+class CurriculumConfig:
+    strategy: str = "uniform"  # uniform | length_budget | knapsack | sec (curricula/strategies.py)
+    length: LengthBudgetConfig = field(default_factory=LengthBudgetConfig)
+    knapsack: KnapsackConfig = field(default_factory=KnapsackConfig)
+    sec: SECConfig = field(default_factory=SECConfig)
+
+
+@dataclass
 class TelemetryConfig:
     tensorboard: bool = True
     console: bool = True
@@ -193,6 +234,7 @@ class Config:
     warmstart: WarmstartConfig = field(default_factory=WarmstartConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -225,6 +267,19 @@ def validate(cfg) -> None:
             raise ConfigError(
                 f"model.hidden_size={cfg.model.hidden_size} must be divisible by model.num_heads={cfg.model.num_heads}."
             )
+    _choice("task.name", cfg.task.name, TASKS)
+    if cfg.task.name == "gsm8k" and cfg.task.path:
+        from pathlib import Path
+
+        missing = [f for f in ("train.jsonl", "test.jsonl") if not (Path(cfg.task.path) / f).exists()]
+        if missing:
+            raise ConfigError(
+                f"task.path={cfg.task.path} lacks {' and '.join(missing)} (task=gsm8k reads <path>/train.jsonl and test.jsonl)."
+            )
+    for level in cfg.task.levels:
+        if level < 2:
+            raise ConfigError(f"task.levels={list(cfg.task.levels)}: every level (number of terms) must be >= 2.")
+    _check_curriculum(cfg)
     _choice("rollout.engine", cfg.rollout.engine, ENGINES)
     if cfg.rollout.engine == "vllm":
         _check_vllm(cfg)
@@ -291,6 +346,32 @@ def validate(cfg) -> None:
         resolve(cfg.reward.verifier)
     except VerifierNotFound as e:
         raise ConfigError(f"reward.verifier: {e}") from None
+
+
+def _check_curriculum(cfg) -> None:
+    c = cfg.curriculum
+    _choice("curriculum.strategy", c.strategy, CURRICULA)
+    _choice("curriculum.length.schedule", c.length.schedule, ("exponential", "linear", "custom"))
+    if c.strategy == "length_budget":
+        if c.length.schedule == "custom" and not c.length.custom:
+            raise ConfigError("curriculum.length.schedule=custom needs curriculum.length.custom=[b1,b2,...].")
+        for path in ("curriculum.length.start", "curriculum.length.final", "curriculum.length.cap_factor"):
+            _positive(path, _get(cfg, path))
+    if c.strategy == "knapsack":
+        k, total = c.knapsack, cfg.rollout.prompts_per_step * cfg.rollout.group_size
+        if not 1 <= k.n_low <= k.n_up:
+            raise ConfigError(f"curriculum.knapsack: need 1 <= n_low ({k.n_low}) <= n_up ({k.n_up}).")
+        if k.n_low * cfg.rollout.prompts_per_step > total:
+            raise ConfigError(
+                f"curriculum.knapsack.n_low={k.n_low} x rollout.prompts_per_step={cfg.rollout.prompts_per_step} exceeds the "
+                f"step's rollouts ({total} = prompts_per_step x group_size)."
+            )
+        if not 0 < k.prior < 1:
+            raise ConfigError(f"curriculum.knapsack.prior={k.prior} must lie in (0, 1).")
+    if c.strategy == "sec":
+        _positive("curriculum.sec.tau", c.sec.tau)
+        if not 0 < c.sec.alpha <= 1:
+            raise ConfigError(f"curriculum.sec.alpha={c.sec.alpha} must lie in (0, 1].")
 
 
 def _check_vllm(cfg) -> None:

@@ -21,8 +21,8 @@ from rewards import import_path
 from rewards.pool import VerifierPool
 from rlreason import QUIET_ENV
 from rlreason.batch import RolloutBatch
-from rlreason.data.arithmetic import make_splits
 from rlreason.data.sampler import PromptSampler, indices_digest
+from rlreason.data.tasks import load_task
 from rlreason.learner.learner import Learner
 from rlreason.rollout.worker import RolloutWorker
 from rlreason.telemetry.sinks import ConsoleSink, JSONLSink, Telemetry, TensorBoardSink
@@ -35,10 +35,11 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.ckpt_root = self.run_dir / "checkpoints"
-        self.train, self.evals = make_splits(
-            cfg.task.seed, cfg.task.num_train, cfg.task.num_eval, cfg.task.num_terms, cfg.task.max_value, cfg.task.eval_fraction
-        )
+        from curricula.strategies import build_curriculum
+
+        self.train, self.evals = load_task(cfg.task)
         self.sampler = PromptSampler(len(self.train), cfg.rollout.prompts_per_step, seed=cfg.seed)
+        self.curriculum = build_curriculum(cfg, self.sampler, self.train)
         self.start_step = 0
         self.steps_done = 0
         self.rollout_tokens = 0  # response tokens generated for training so far (all rounds, kept or not)
@@ -66,8 +67,8 @@ class Trainer:
     def fit(self) -> dict:
         cfg = self.cfg
         if self.start_step == 0:
-            eval_before = self.evaluate()
-            self.telemetry.log({"step": 0, "accuracy/eval": eval_before})
+            eval_before = self.evaluate(0)
+            self.telemetry.log({"step": 0, "accuracy/eval": eval_before, "eval/response_length": self.eval_length})
         else:
             eval_before = self._logged_eval(step=0)
         eval_after = None
@@ -75,6 +76,7 @@ class Trainer:
             t_step = time.perf_counter()
             # 1-3. the curriculum picks prompts, the workers generate, the verifiers score
             batch, indices, reward_metrics, t_rollout, t_reward = self.collect(step)
+            reward_metrics.update(self.curriculum.observe(step, indices, batch))
             self.rollout_tokens += int(batch.response_mask.sum())
             self.steps_done = step
             t0 = time.perf_counter()
@@ -88,7 +90,8 @@ class Trainer:
             last = step == cfg.total_steps or (cfg.rollout_token_budget and self.rollout_tokens >= cfg.rollout_token_budget)
             if last or (cfg.eval_every and step % cfg.eval_every == 0):
                 t0 = time.perf_counter()
-                eval_after = metrics["accuracy/eval"] = self.evaluate()
+                eval_after = metrics["accuracy/eval"] = self.evaluate(step)
+                metrics["eval/response_length"] = self.eval_length
                 metrics["timing/eval_s"] = time.perf_counter() - t0
             n_tokens = int(batch.response_mask.sum())
             metrics.update(
@@ -116,7 +119,7 @@ class Trainer:
                              step, self.rollout_tokens)
                 break
         if eval_after is None:
-            eval_after = self.evaluate()
+            eval_after = self.evaluate(self.steps_done)
         return self._summary(eval_before, eval_after)
 
     # -- pieces of a step -----------------------------------------------------------------------
@@ -139,18 +142,23 @@ class Trainer:
         kept_parts, kept_indices = [], []
         rounds, seen_groups, passed, t_rollout, t_reward = 0, 0, 0, 0.0, 0.0
         reward_metrics = {}
+        cur = self.curriculum
+        budget = cur.budget(step)
+        max_new = cur.cap(budget) if budget else cfg.rollout.max_new_tokens
         while True:
             rounds += 1
-            indices = self.sampler.next_batch()
+            indices = cur.prompts(step, rounds - 1)
+            counts = cur.rollouts(step, indices) or [G] * len(indices)
             t0 = time.perf_counter()
             seed = cfg.seed * 1_000_003 + step + 7_919 * (rounds - 1)
-            batch, texts = self.generate([self.train[i].prompt for i in indices], seed=seed)
+            prompts = [self.prompt_text(self.train[i], budget) for i in indices]
+            batch, texts = self.generate(prompts, seed=seed, n=counts, max_new_tokens=max_new)
             t_rollout += time.perf_counter() - t0
             if rounds > 1:
                 self.rollout_tokens += int(batch.response_mask.sum())  # the first round is counted by the caller
             t0 = time.perf_counter()
-            samples = [self.train[i].as_sample() for i in indices for _ in range(G)]
-            round_metrics = self.score(batch, texts, samples)
+            samples = [self.train[i].as_sample() for i, c in zip(indices, counts) for _ in range(c)]
+            round_metrics = self.score(batch, texts, samples, budget)
             t_reward += time.perf_counter() - t0
             if rounds == 1:
                 reward_metrics = round_metrics
@@ -168,9 +176,9 @@ class Trainer:
             if len(kept_indices) >= want or rounds >= a.filter_max_rounds:
                 break
         reward_metrics.update({
-            "filter/rounds": rounds,
-            "filter/kept_frac": passed / seen_groups,  # share of generated groups inside the band
-            "filter/short_batch": float(len(kept_indices) < want),
+            "curriculum/filter_rounds": rounds,
+            "curriculum/kept_frac": passed / seen_groups,  # share of generated groups inside the band
+            "curriculum/short_batch": float(len(kept_indices) < want),
         })
         if not kept_parts:  # nothing passed the band: train on the last round as it is (zero-signal step)
             log.warning("step %d: no group passed the filter band in %d rounds; training on the last round unfiltered", step, rounds)
@@ -180,13 +188,21 @@ class Trainer:
         _, out.group_index = torch.unique_consecutive(out.group_index, return_inverse=True)
         return out, kept_indices, reward_metrics, t_rollout, t_reward
 
-    def generate(self, prompts: list[str], seed: int, greedy: bool = False, n: int | None = None):
+    def prompt_text(self, problem, budget: int | None) -> str:
+        if budget is not None and self.cfg.curriculum.length.in_prompt:
+            return f"budget {budget}: {problem.prompt}"
+        return problem.prompt
+
+    def generate(self, prompts: list[str], seed: int, greedy: bool = False, n: int | list[int] | None = None,
+                 max_new_tokens: int | None = None):
+        """Generate n samples per prompt (one n, or a list with one count per prompt) across the workers."""
         r = self.cfg.rollout
         n = n or (1 if greedy else r.group_size)
+        counts = n if isinstance(n, list) else [n] * len(prompts)
         shards = np.array_split(np.arange(len(prompts)), len(self.workers))
         futures = [
-            w.generate.remote([prompts[i] for i in shard], int(shard[0]) if len(shard) else 0, n, r.max_new_tokens,
-                              r.temperature, r.top_p, greedy, seed + k)
+            w.generate.remote([prompts[i] for i in shard], int(shard[0]) if len(shard) else 0, [counts[i] for i in shard],
+                              max_new_tokens or r.max_new_tokens, r.temperature, r.top_p, greedy, seed + k)
             for k, (w, shard) in enumerate(zip(self.workers, shards)) if len(shard)
         ]
         results = ray.get(futures)
@@ -194,27 +210,32 @@ class Trainer:
         texts = [t for _, ts in results for t in ts]
         return batch, texts
 
-    def score(self, batch: RolloutBatch, texts: list[str], samples: list[dict]) -> dict:
+    def score(self, batch: RolloutBatch, texts: list[str], samples: list[dict], budget: int | None = None) -> dict:
+        """Verify every response; the reward is the curriculum's shaping of the scores, or by default
+        correct + reward.format_weight * format (+ DAPO's overlong penalty when on)."""
         r = self.cfg.reward
+        shaped = budget is not None  # the length-budget reward has its own format term
+        with_format = bool(r.format_weight) or shaped
         tasks = [(self.correct_spec, t, s) for t, s in zip(texts, samples)]
-        if r.format_weight:
+        if with_format:
             tasks += [(self.format_spec, t, s) for t, s in zip(texts, samples)]
         results = self.pool.run(tasks)
         n = len(texts)
         correct = torch.tensor([res.score for res in results[:n]], dtype=torch.float32)
-        rewards = correct.clone()
-        if r.format_weight:
-            rewards += r.format_weight * torch.tensor([res.score for res in results[n:]], dtype=torch.float32)
+        fmt = torch.tensor([res.score for res in results[n:]], dtype=torch.float32) if with_format else torch.zeros(n)
+        rewards = self.curriculum.shape_rewards(correct, fmt, batch.response_mask.sum(-1), budget)
+        if rewards is None:
+            rewards = correct + r.format_weight * fmt
         if self.cfg.algo.overlong_shaping:
             from rlreason.algos.shaping import overlong_penalty
 
             rewards += overlong_penalty(batch.response_mask.sum(-1), self.cfg.rollout.max_new_tokens, self.cfg.algo.overlong_cache)
         batch.rewards, batch.correct = rewards, correct
-        groups = rewards.view(-1, self.cfg.rollout.group_size)
         return {
             "reward/mean": float(rewards.mean()),
             "reward/std": float(rewards.std()) if n > 1 else 0.0,
-            "reward/zero_std_group_frac": float((groups.std(-1) == 0).float().mean()) if groups.shape[1] > 1 else 1.0,
+            "reward/zero_std_group_frac": zero_std_group_frac(rewards, batch.group_index),
+            **pass_rate_histogram(correct, batch.group_index),
             "accuracy/train": float(correct.mean()),
             "verifier/timeout_rate": sum(res.status == "timeout" for res in results) / len(results),
             "verifier/error_rate": sum(res.status == "error" for res in results) / len(results),
@@ -229,8 +250,14 @@ class Trainer:
         weights = self.learner.get_weights.remote()
         ray.get([w.load_weights.remote(weights, version) for w in self.workers])
 
-    def evaluate(self) -> float:
-        batch, texts = self.generate([p.prompt for p in self.evals], seed=0, greedy=True)
+    def evaluate(self, step: int = 0) -> float:
+        """Greedy accuracy on the held-out split; under a length budget, with the step's budget in the
+        prompt and as the cap. The mean response length lands in `self.eval_length`."""
+        budget = self.curriculum.budget(max(step, 1))
+        max_new = self.curriculum.cap(budget) if budget else None
+        prompts = [self.prompt_text(p, budget) for p in self.evals]
+        batch, texts = self.generate(prompts, seed=0, greedy=True, max_new_tokens=max_new)
+        self.eval_length = float(batch.response_mask.sum(-1).float().mean())
         results = self.pool.run([(self.correct_spec, t, p.as_sample()) for t, p in zip(texts, self.evals)])
         return sum(r.score for r in results) / len(results)
 
@@ -285,7 +312,7 @@ class Trainer:
         # the learner saves its own torch RNG and shuffling generator; rollout seeds derive from
         # (seed, step), so the driver holds no random stream that a resume would need
         state = {"step": step, "sampler": self.sampler.state_dict(), "warmstart": self.warmstart_info,
-                 "rollout_tokens": self.rollout_tokens}
+                 "rollout_tokens": self.rollout_tokens, "curriculum": self.curriculum.state_dict()}
         (tmp / "trainer.json").write_text(json.dumps(state, indent=1))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -301,6 +328,8 @@ class Trainer:
     def _load_checkpoint(self, d: Path) -> None:
         state = json.loads((d / "trainer.json").read_text())
         self.sampler.load_state_dict(state["sampler"])
+        if "curriculum" in state:
+            self.curriculum.load_state_dict(state["curriculum"])
         version = ray.get(self.learner.load.remote(str(d)))
         self.sync_weights(version)
         self.start_step = self.steps_done = state["step"]
@@ -331,6 +360,34 @@ class Trainer:
         for part in ("telemetry", "pool"):
             if hasattr(self, part):
                 getattr(self, part).close()
+
+
+def zero_std_group_frac(rewards: torch.Tensor, group_index: torch.Tensor) -> float:
+    """Share of groups whose rewards are all equal (no GRPO gradient); groups may differ in size."""
+    groups = torch.unique(group_index)
+    flat = sum(bool((rewards[group_index == g] == rewards[group_index == g][0]).all()) for g in groups)
+    return flat / max(len(groups), 1)
+
+
+PASS_RATE_BINS = (("0", 0.0, 0.0), ("0-25", 0.0, 0.25), ("25-50", 0.25, 0.5), ("50-75", 0.5, 0.75), ("75-100", 0.75, 1.0),
+                  ("100", 1.0, 1.0))
+
+
+def pass_rate_histogram(correct: torch.Tensor, group_index: torch.Tensor) -> dict:
+    """Share of groups by pass rate: exactly 0, (0, .25], (.25, .5], (.5, .75], (.75, 1), exactly 1."""
+    from rlreason.algos.filtering import group_pass_rates
+
+    _, rates = group_pass_rates(correct, group_index)
+    out = {}
+    for name, lo, hi in PASS_RATE_BINS:
+        if lo == hi:
+            hit = rates == lo
+        elif hi == 1.0:
+            hit = (rates > lo) & (rates < 1.0)
+        else:
+            hit = (rates > lo) & (rates <= hi)
+        out[f"curriculum/pass_rate/{name}"] = float(hit.double().mean())
+    return out
 
 
 def _with_threads(learner_cfg, threads: int):

@@ -46,7 +46,7 @@ def test_recipe_runs_end_to_end(sweep, recipe):
     if recipe == "d3s":
         assert steps[0]["d3s/sample_share"] < 1.0 and steps[0]["loss/token_frac"] < 1.0
     if recipe == "dapo":
-        assert "filter/kept_frac" in steps[0]
+        assert "curriculum/kept_frac" in steps[0]
 
 
 def test_user_estimator_from_outside_the_package(sweep):

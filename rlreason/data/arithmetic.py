@@ -26,6 +26,7 @@ class Problem:
     prompt: str
     solution: str
     answer: str
+    category: str = ""  # a difficulty level or task type, for curricula that choose among them
 
     @property
     def direct_solution(self) -> str:
@@ -52,7 +53,7 @@ def make_problem(rng: random.Random, num_terms: int, max_value: int) -> Problem:
         steps.append(f"{value}{op}{operand}={new}")
         value = new
     solution = " ".join(steps) + f" #{value}"
-    return Problem(prompt=prompt + "=", solution=solution, answer=str(value))
+    return Problem(prompt=prompt + "=", solution=solution, answer=str(value), category=f"terms{num_terms}")
 
 
 def _in_eval(prompt: str, eval_fraction: float) -> bool:
@@ -61,10 +62,12 @@ def _in_eval(prompt: str, eval_fraction: float) -> bool:
 
 
 def make_splits(
-    seed: int, num_train: int, num_eval: int, num_terms: int, max_value: int, eval_fraction: float = 0.1
+    seed: int, num_train: int, num_eval: int, num_terms: int, max_value: int, eval_fraction: float = 0.1,
+    levels: list[int] | None = None,
 ) -> tuple[list[Problem], list[Problem]]:
     """Disjoint train/eval splits. The split of a problem depends only on its text (a hash), so
-    every seed and size agrees on which problems are held out."""
+    every seed and size agrees on which problems are held out. With `levels`, each problem draws
+    its number of terms uniformly from them (category "terms<k>")."""
     rng = random.Random(seed)
     train: list[Problem] = []
     evals: list[Problem] = []
@@ -73,7 +76,7 @@ def make_splits(
     limit = 50 * (num_train + num_eval) + 1000
     while (len(train) < num_train or len(evals) < num_eval) and attempts < limit:
         attempts += 1
-        p = make_problem(rng, num_terms, max_value)
+        p = make_problem(rng, rng.choice(levels) if levels else num_terms, max_value)
         if _in_eval(p.prompt, eval_fraction):
             if len(evals) < num_eval and p.prompt not in seen_eval:
                 seen_eval.add(p.prompt)

@@ -39,15 +39,21 @@ def _plain(x):
         return x
 
 
+# task fields added after caches existed: left out of the key at their neutral value, so a cached
+# warm start stays valid for runs that do not use them
+_NEUTRAL_TASK = {"levels": [], "path": None}
+
+
 def cache_key(model_cfg, task_cfg, ws_cfg, seed: int, vocab: dict) -> str:
     import transformers
     import trl
 
     ws = {k: v for k, v in _plain(ws_cfg).items() if k != "cache_dir"}
+    task = {k: v for k, v in _plain(task_cfg).items() if not (k in _NEUTRAL_TASK and v == _NEUTRAL_TASK[k])}
     blob = json.dumps(
         {
             "model": _plain(model_cfg),
-            "task": _plain(task_cfg),
+            "task": task,
             "warmstart": ws,
             "seed": seed,
             "vocab": sorted(vocab.items()),

@@ -14,7 +14,7 @@ import logging
 
 import torch
 
-from rlreason.batch import RolloutBatch
+from rlreason.batch import RolloutBatch, per_prompt_counts
 from rlreason.policy import load_policy, load_tokenizer
 from rlreason.rollout.routing import RoutingRecorder, find_routers
 
@@ -42,7 +42,7 @@ class HFEngine:
     def generate(
         self,
         prompts: list[str],
-        n: int,
+        n: int | list[int],
         max_new_tokens: int,
         temperature: float = 1.0,
         top_p: float = 1.0,
@@ -52,8 +52,9 @@ class HFEngine:
         enc = self.tokenizer(
             prompts, return_tensors="pt", padding=True, add_special_tokens=False, return_token_type_ids=False
         )
-        prompt_ids = enc.input_ids.repeat_interleave(n, dim=0).to(self.device)
-        prompt_mask = enc.attention_mask.repeat_interleave(n, dim=0).to(self.device)
+        counts = per_prompt_counts(n, len(prompts))
+        prompt_ids = enc.input_ids.repeat_interleave(counts, dim=0).to(self.device)
+        prompt_mask = enc.attention_mask.repeat_interleave(counts, dim=0).to(self.device)
         if seed is not None:
             torch.manual_seed(seed)
         recorder = RoutingRecorder(self.model, prompt_ids.shape[0]) if self.record_routing else None
@@ -79,7 +80,7 @@ class HFEngine:
             response_ids=response_ids,
             response_mask=response_mask,
             sampling_logprobs=logprobs,
-            group_index=torch.arange(len(prompts), device=self.device).repeat_interleave(n),
+            group_index=torch.arange(len(prompts)).repeat_interleave(counts).to(self.device),
             truncated=truncated,
         )
         if recorder is not None:

@@ -32,7 +32,7 @@ import os
 
 import torch
 
-from rlreason.batch import RolloutBatch
+from rlreason.batch import RolloutBatch, per_prompt_counts
 from rlreason.policy import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class VLLMEngine:
     def generate(
         self,
         prompts: list[str],
-        n: int,
+        n: int | list[int],
         max_new_tokens: int,
         temperature: float = 1.0,
         top_p: float = 1.0,
@@ -103,10 +103,11 @@ class VLLMEngine:
     ) -> tuple[RolloutBatch, list[str]]:
         from vllm import SamplingParams
 
+        counts = per_prompt_counts(n, len(prompts))
         enc = self.tokenizer(prompts, add_special_tokens=False, return_token_type_ids=False).input_ids
         params = [
             SamplingParams(
-                n=n,
+                n=int(counts[i]),
                 temperature=0.0 if greedy else temperature,
                 top_p=1.0 if greedy else top_p,
                 top_k=0,
@@ -149,7 +150,7 @@ class VLLMEngine:
             response_ids=response_ids,
             response_mask=response_mask,
             sampling_logprobs=logprobs,
-            group_index=torch.arange(len(prompts)).repeat_interleave(n),
+            group_index=torch.arange(len(prompts)).repeat_interleave(counts),
             truncated=truncated,
             routed_experts=_stack_routes(routes, T),
         )

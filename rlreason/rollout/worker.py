@@ -49,7 +49,7 @@ class RolloutWorker:
         self,
         prompts: list[str],
         group_offset: int,
-        n: int,
+        n: int | list[int],
         max_new_tokens: int,
         temperature: float,
         top_p: float,
