@@ -50,3 +50,16 @@ def test_gsm8k_task_runs_from_a_local_folder(tmp_path):
     proc = run_cli(["recipe=grpo", "task=gsm8k", f"task.path={tmp_path / 'nowhere'}", "scale=smoke", f"run_dir={tmp_path / 'x'}"],
                    timeout=120)
     assert proc.returncode == 2 and "train.jsonl" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_engines_honour_per_prompt_sample_counts(tiny_policy):
+    import torch
+
+    from rlreason.rollout.worker import RolloutWorker
+
+    worker = RolloutWorker("hf", tiny_policy, threads=2)
+    batch, texts = worker.generate(["1+2=", "3+4=", "5-1="], 10, [1, 3, 2], 8, 1.0, 1.0, seed=0)
+    assert batch.group_index.tolist() == [10, 11, 11, 11, 12, 12] and len(texts) == 6
+    assert torch.equal(batch.prompt_ids[1], batch.prompt_ids[3]) and not torch.equal(batch.prompt_ids[0], batch.prompt_ids[1])
+    with pytest.raises(ValueError, match="one sample count"):
+        worker.generate(["1+2=", "3+4="], 0, [2], 8, 1.0, 1.0, seed=0)
