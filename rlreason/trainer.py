@@ -235,6 +235,7 @@ class Trainer:
             "reward/mean": float(rewards.mean()),
             "reward/std": float(rewards.std()) if n > 1 else 0.0,
             "reward/zero_std_group_frac": zero_std_group_frac(rewards, batch.group_index),
+            "reward/nonzero_grad_sample_frac": nonzero_grad_sample_frac(rewards, batch.group_index),
             **pass_rate_histogram(correct, batch.group_index),
             "accuracy/train": float(correct.mean()),
             "verifier/timeout_rate": sum(res.status == "timeout" for res in results) / len(results),
@@ -367,6 +368,15 @@ def zero_std_group_frac(rewards: torch.Tensor, group_index: torch.Tensor) -> flo
     groups = torch.unique(group_index)
     flat = sum(bool((rewards[group_index == g] == rewards[group_index == g][0]).all()) for g in groups)
     return flat / max(len(groups), 1)
+
+
+def nonzero_grad_sample_frac(rewards: torch.Tensor, group_index: torch.Tensor) -> float:
+    """Share of responses in groups whose rewards differ (those that carry a GRPO gradient)."""
+    live = 0
+    for g in torch.unique(group_index):
+        r = rewards[group_index == g]
+        live += int(r.numel()) if bool((r != r[0]).any()) else 0
+    return live / max(rewards.numel(), 1)
 
 
 PASS_RATE_BINS = (("0", 0.0, 0.0), ("0-25", 0.0, 0.25), ("25-50", 0.25, 0.5), ("50-75", 0.5, 0.75), ("75-100", 0.75, 1.0),
