@@ -281,3 +281,12 @@ def test_user_estimator_by_import_path(tmp_path, monkeypatch):
         resolve_estimator("team_estimators:nope")
     with pytest.raises(ValueError, match="unknown estimator"):
         resolve_estimator("tempoo")
+
+
+def test_gspo_sequence_advantage_ignores_tokens_outside_the_loss():
+    # a sequence whose first token was dropped (D3S) keeps its advantage under GSPO
+    lp = torch.zeros(1, 3)
+    mask = torch.tensor([[0.0, 1.0, 1.0]])
+    adv = torch.tensor([[0.0, 2.0, 2.0]])  # advantages arrive multiplied by the loss mask
+    loss, _ = gspo_loss(lp, lp, adv, mask, 0.2, 0.2)
+    assert torch.allclose(loss, torch.full((1, 3), -2.0))

@@ -75,8 +75,8 @@ def gspo_loss(
         adv = advantages
     else:
         ratio = torch.exp(seq_log_ratio)[:, None].expand_as(logp)
-        # one advantage per sequence: the first token's (GRPO-style estimators broadcast it)
-        adv = advantages[:, :1].expand_as(logp)
+        # one advantage per sequence: the mean over its tokens in the loss (= A_i for broadcast estimators)
+        adv = ((advantages * m).sum(-1) / m.sum(-1).clamp(min=1.0))[:, None].expand_as(logp)
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv
     loss = -torch.minimum(unclipped, clipped)
