@@ -77,7 +77,6 @@ class Trainer:
             # 1-3. the curriculum picks prompts, the workers generate, the verifiers score
             batch, indices, reward_metrics, t_rollout, t_reward = self.collect(step)
             reward_metrics.update(self.curriculum.observe(step, indices, batch))
-            self.rollout_tokens += int(batch.response_mask.sum())
             self.steps_done = step
             t0 = time.perf_counter()
             train_metrics = ray.get(self.learner.train_step.remote(batch, self.progress(step)))  # 4. learner
@@ -154,8 +153,7 @@ class Trainer:
             prompts = [self.prompt_text(self.train[i], budget) for i in indices]
             batch, texts = self.generate(prompts, seed=seed, n=counts, max_new_tokens=max_new)
             t_rollout += time.perf_counter() - t0
-            if rounds > 1:
-                self.rollout_tokens += int(batch.response_mask.sum())  # the first round is counted by the caller
+            self.rollout_tokens += int(batch.response_mask.sum())  # every round counts, kept or dropped
             t0 = time.perf_counter()
             samples = [self.train[i].as_sample() for i, c in zip(indices, counts) for _ in range(c)]
             round_metrics = self.score(batch, texts, samples, budget)

@@ -22,15 +22,17 @@ def ppo_clip_loss(
     eps_high: float,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-token clipped surrogate loss [B, T] and per-token clip indicators."""
-    ratio = torch.exp(logp - old_logp)
-    unclipped = ratio * advantages
-    clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * advantages
-    loss = -torch.minimum(unclipped, clipped)
+    return clipped_surrogate(torch.exp(logp - old_logp), advantages, eps_low, eps_high)
+
+
+def clipped_surrogate(ratio: torch.Tensor, adv: torch.Tensor, eps_low: float, eps_high: float):
+    """-min(ratio * A, clip(ratio, 1 - eps_low, 1 + eps_high) * A) and the clip indicators."""
+    loss = -torch.minimum(ratio * adv, torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv)
     with torch.no_grad():
         info = {
             "ratio": ratio.detach(),
-            "clipped_low": (advantages < 0) & (ratio < 1.0 - eps_low),
-            "clipped_high": (advantages > 0) & (ratio > 1.0 + eps_high),
+            "clipped_low": (adv < 0) & (ratio < 1.0 - eps_low),
+            "clipped_high": (adv > 0) & (ratio > 1.0 + eps_high),
         }
     return loss, info
 
@@ -77,13 +79,4 @@ def gspo_loss(
         ratio = torch.exp(seq_log_ratio)[:, None].expand_as(logp)
         # one advantage per sequence: the mean over its tokens in the loss (= A_i for broadcast estimators)
         adv = ((advantages * m).sum(-1) / m.sum(-1).clamp(min=1.0))[:, None].expand_as(logp)
-    unclipped = ratio * adv
-    clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv
-    loss = -torch.minimum(unclipped, clipped)
-    with torch.no_grad():
-        info = {
-            "ratio": ratio.detach(),
-            "clipped_low": (adv < 0) & (ratio < 1.0 - eps_low),
-            "clipped_high": (adv > 0) & (ratio > 1.0 + eps_high),
-        }
-    return loss, info
+    return clipped_surrogate(ratio, adv, eps_low, eps_high)
