@@ -20,6 +20,7 @@ class RolloutBatch:
     correct: Optional[torch.Tensor] = None  # [B] correctness verifier score
     truncated: Optional[torch.Tensor] = None  # [B] bool: hit max_new_tokens without EOS
     routed_experts: Optional[torch.Tensor] = None  # [B, T, layers, top_k] when the engine records it
+    prompt_routed_experts: Optional[torch.Tensor] = None  # [B, P, layers, top_k] the prefill's routing, -1 on padding
     budgets: Optional[torch.Tensor] = None  # [B] token budgets from a curriculum
     weights_version: int = 0  # the learner step whose weights sampled this batch
     meta: dict = field(default_factory=dict)
@@ -71,6 +72,11 @@ class RolloutBatch:
         if all(p.routed_experts is not None for p in parts):
             out["routed_experts"] = torch.cat(
                 [torch.nn.functional.pad(p.routed_experts, (0, 0, 0, 0, 0, T - p.routed_experts.shape[1]), value=-1) for p in parts]
+            )
+        if all(p.prompt_routed_experts is not None for p in parts):
+            out["prompt_routed_experts"] = torch.cat(
+                [torch.nn.functional.pad(p.prompt_routed_experts, (0, 0, 0, 0, P - p.prompt_routed_experts.shape[1], 0), value=-1)
+                 for p in parts]
             )
         return RolloutBatch(**out)
 

@@ -93,6 +93,7 @@ class RolloutConfig:
     threads: int = 0  # torch threads inside the actor; 0 = all cores of the node
     vllm_kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE (whole GiB) on CPU
     vllm_gpu_memory_utilization: float = 0.3  # on CPU: the share of CPU memory; keep <= 0.3 there
+    dtype: str = "fp32"  # hf engine weights: fp32 | bf16 (bf16 sampling as deployed engines do: a real train/rollout gap)
 
 
 @dataclass
@@ -156,6 +157,21 @@ class AlgoConfig:
 
 
 @dataclass
+class MoEConfig:
+    """Routing replay, router regularisers and router metrics (rlreason/moe); ignored for dense policies."""
+
+    routing_replay: str = "none"  # none | r2 (replay the learner's old-policy routing) | r3 (the rollout engine's)
+    lb_coef: float = 0.0  # load-balancing loss E * sum f_i P_i (1 when balanced); verl turns it off for RL
+    lb_scope: str = "micro"  # micro: f from the mini-batch | global: f from the whole step batch (old pass)
+    z_coef: float = 0.0  # router z-loss mean lse(logits)^2 (ST-MoE uses 1e-3)
+    anchor_coef: float = 0.0  # KL(old router softmax || live router softmax), per token and layer
+    freeze_router: bool = False  # router weights stay fixed (absent from the optimizer)
+    metrics: bool = True  # moe/* router health metrics (mismatch, load, logits, probe routing change)
+    layer_metrics: bool = True  # also per layer (moe/layer<l>/...)
+    probe_size: int = 16  # sequences of the first batch kept as a fixed probe for routing change per step
+
+
+@dataclass
 class LearnerConfig:
     lr: float = 5.0e-4
     weight_decay: float = 0.0
@@ -163,6 +179,7 @@ class LearnerConfig:
     beta2: float = 0.99
     grad_clip: float = 1.0
     dtype: str = "fp32"  # fp32, or bf16 autocast over fp32 master weights
+    grad_checkpointing: bool = False  # recompute activations in backward (non-reentrant; routing replay holds)
     mini_batches: int = 1
     ppo_epochs: int = 1
     cpus: float = 1.0
@@ -236,6 +253,7 @@ class Config:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
+    moe: MoEConfig = field(default_factory=MoEConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
@@ -284,6 +302,10 @@ def validate(cfg) -> None:
     if cfg.rollout.engine == "vllm":
         _check_vllm(cfg)
     _choice("learner.dtype", cfg.learner.dtype, DTYPES)
+    _choice("rollout.dtype", cfg.rollout.dtype, DTYPES)
+    if cfg.rollout.engine == "vllm" and cfg.rollout.dtype != "fp32":
+        raise ConfigError("rollout.dtype applies to the hf engine; vLLM picks its own dtype (leave rollout.dtype=fp32).")
+    _check_moe(cfg)
     _choice("algo.loss_agg", cfg.algo.loss_agg, LOSS_AGG_MODES)
     if ":" not in cfg.algo.estimator:
         _choice("algo.estimator", cfg.algo.estimator, sorted(ESTIMATORS) + ["<module:function>"])
@@ -372,6 +394,26 @@ def _check_curriculum(cfg) -> None:
         _positive("curriculum.sec.tau", c.sec.tau)
         if not 0 < c.sec.alpha <= 1:
             raise ConfigError(f"curriculum.sec.alpha={c.sec.alpha} must lie in (0, 1].")
+
+
+def _check_moe(cfg) -> None:
+    from rlreason.moe.control import REPLAY_MODES
+
+    m = cfg.moe
+    _choice("moe.routing_replay", m.routing_replay, REPLAY_MODES)
+    _choice("moe.lb_scope", m.lb_scope, ("micro", "global"))
+    for path in ("moe.lb_coef", "moe.z_coef", "moe.anchor_coef", "moe.probe_size"):
+        _positive(path, _get(cfg, path), allow_zero=True)
+    if m.routing_replay == "r3" and cfg.rollout.engine == "vllm":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                "moe.routing_replay=r3 needs routed experts from the rollout engine, and vLLM records them only on CUDA; "
+                "use rollout.engine=hf (it records them on CPU) or moe.routing_replay=r2."
+            )
+    if m.routing_replay != "none" and cfg.model.kind == "smollm2":
+        raise ConfigError(f"moe.routing_replay={m.routing_replay} needs an MoE policy; model=smollm2 is dense (try model=smollm2-moe).")
 
 
 def _check_vllm(cfg) -> None:

@@ -289,12 +289,12 @@ class Trainer:
         opts = {"runtime_env": {"env_vars": dict(QUIET_ENV)}}
         self.learner = ray.remote(num_cpus=cfg.learner.cpus)(Learner).options(**opts).remote(
             str(self.policy_path), _with_threads(cfg.learner, threads(cfg.learner.threads)), cfg.algo,
-            cfg.rollout.temperature, cfg.rollout.max_new_tokens, cfg.seed,
+            cfg.rollout.temperature, cfg.rollout.max_new_tokens, cfg.seed, cfg.moe,
         )
         self.workers = [
             ray.remote(num_cpus=cfg.rollout.cpus)(RolloutWorker).options(**opts).remote(
                 cfg.rollout.engine, str(self.policy_path), threads(cfg.rollout.threads), cfg.seed + k,
-                cfg.rollout.vllm_kv_cache_gib, cfg.rollout.vllm_gpu_memory_utilization,
+                cfg.rollout.vllm_kv_cache_gib, cfg.rollout.vllm_gpu_memory_utilization, cfg.rollout.dtype,
             )
             for k in range(cfg.rollout.num_workers)
         ]

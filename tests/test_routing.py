@@ -33,6 +33,17 @@ def test_hf_engine_records_routing_that_matches_a_full_forward(tiny_policy):
         total += int(mask.sum())
     assert agree / total > 0.99  # KV-cache vs full pass may flip an exact near-tie, nothing more
 
+    # the prefill's routing covers every real prompt position, -1 on the left padding
+    prompt_routes = batch.prompt_routed_experts
+    assert prompt_routes.shape == (B, P, 2, 2)
+    pmask = batch.prompt_mask.bool()
+    assert (prompt_routes[~pmask] == -1).all() and (prompt_routes[pmask] >= 0).all()
+    assert torch.equal(prompt_routes[:, P - 1], routed[:, 0])  # the last prompt position sampled token 0
+    for layer, logits in enumerate(out.router_logits):
+        top = logits.view(B, -1, logits.shape[-1]).topk(2, dim=-1).indices[:, :P].cpu()
+        same = (top.sort(-1).values == prompt_routes[:, :, layer].long().sort(-1).values).all(-1)
+        assert same[pmask].float().mean() > 0.99
+
 
 def test_validate_routed_experts_rejects_bad_rows():
     good = torch.tensor([[[[0, 3]], [[-1, -1]]]], dtype=torch.int16)
@@ -72,6 +83,8 @@ def test_batches_from_several_workers_concatenate(tiny_policy):
     assert c.group_index.tolist() == [0, 0, 1, 1, 2, 2]
     assert c.routed_experts.shape[:2] == c.response_ids.shape
     assert (c.routed_experts[:2, a.response_ids.shape[1]:] == -1).all()
+    assert c.prompt_routed_experts.shape[:2] == c.prompt_ids.shape  # left-padded with -1 like the ids
+    assert (c.prompt_routed_experts[c.prompt_mask == 0] == -1).all() and (c.prompt_routed_experts[c.prompt_mask == 1] >= 0).all()
 
 
 def test_vllm_routes_are_sliced_to_the_response_positions():
@@ -80,17 +93,20 @@ def test_vllm_routes_are_sliced_to_the_response_positions():
     vLLM, so this checks the slicing on a stand-in completion)."""
     import types
 
-    from rlreason.rollout.vllm import VLLMEngine, _stack_routes
+    from rlreason.rollout.vllm import VLLMEngine, _stack_prompt_routes, _stack_routes
 
     engine = VLLMEngine.__new__(VLLMEngine)
     engine.capture_routing, engine._routing_warned = True, False
     routes = torch.arange(6 * 2 * 2).reshape(6, 2, 2).numpy()  # 4 prompt + 3 response tokens, last not forwarded
-    rows = engine._response_routes(types.SimpleNamespace(token_ids=[5, 6, 7], routed_experts=routes), prompt_len=4)
+    prompt_rows, rows = engine._split_routes(types.SimpleNamespace(token_ids=[5, 6, 7], routed_experts=routes), prompt_len=4)
     assert rows[:, 0, 0].tolist() == [12, 16, 20]
-    short = engine._response_routes(types.SimpleNamespace(token_ids=[5], routed_experts=routes[:4]), prompt_len=4)
+    assert prompt_rows[:, 0, 0].tolist() == [0, 4, 8, 12]
+    short_prompt, short = engine._split_routes(types.SimpleNamespace(token_ids=[5], routed_experts=routes[:2]), prompt_len=2)
     stacked = _stack_routes([rows, short], T=3)
     assert stacked.shape == (2, 3, 2, 2) and stacked.dtype == torch.int16
-    assert stacked[1, :, 0, 0].tolist() == [12, -1, -1]
+    assert stacked[1, :, 0, 0].tolist() == [4, -1, -1]
+    prompts = _stack_prompt_routes([prompt_rows, short_prompt], P=4)  # left-padded like the prompt ids
+    assert prompts[1, :, 0, 0].tolist() == [-1, -1, 0, 4]
     # too few rows for the response: refused (None), not misaligned
-    assert engine._response_routes(types.SimpleNamespace(token_ids=[5, 6, 7], routed_experts=routes[:4]), prompt_len=4) is None
+    assert engine._split_routes(types.SimpleNamespace(token_ids=[5, 6, 7], routed_experts=routes[:4]), prompt_len=4) is None
     assert _stack_routes([rows, None], T=3) is None

@@ -26,6 +26,10 @@ from rlreason.algos.losses import aggregate, gspo_loss, ppo_clip_loss
 from rlreason.algos.rollout_correction import rollout_correction_weights
 from rlreason.batch import RolloutBatch
 from rlreason.learner.forward import response_logprobs
+from rlreason.moe.control import RouterControl
+from rlreason.moe.metrics import logprob_gap
+from rlreason.moe.regularizers import freeze_routers
+from rlreason.moe.router import moe_blocks
 from rlreason.policy import load_policy, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -34,7 +38,8 @@ log = logging.getLogger(__name__)
 class Learner:
     """Wrap with `ray.remote(num_cpus=...)(Learner)`; also usable in-process for tests."""
 
-    def __init__(self, model_path: str, learner_cfg, algo_cfg, temperature: float, max_new_tokens: int, seed: int = 0):
+    def __init__(self, model_path: str, learner_cfg, algo_cfg, temperature: float, max_new_tokens: int, seed: int = 0,
+                 moe_cfg=None):
         self.cfg = learner_cfg
         self.algo = algo_cfg
         self.temperature = temperature
@@ -46,14 +51,26 @@ class Learner:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = load_policy(model_path).to(self.device)
         self.model.train()
+        if getattr(learner_cfg, "grad_checkpointing", False):
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.tokenizer = load_tokenizer(model_path)
+        self.moe = None
+        if moe_blocks(self.model):
+            from rlreason.config import MoEConfig
+
+            moe_cfg = moe_cfg if moe_cfg is not None else MoEConfig()
+            if moe_cfg.freeze_router:
+                freeze_routers(self.model)
+            self.moe = RouterControl(self.model, moe_cfg, lambda b: self._forward(self.model, b.to(self.device)))
+        elif moe_cfg is not None and moe_cfg.routing_replay != "none":
+            raise ValueError(f"moe.routing_replay={moe_cfg.routing_replay} needs an MoE policy; this one is dense")
         self.ref = None
         if algo_cfg.kl_coef > 0:
             self.ref = load_policy(model_path).to(self.device)
             self.ref.eval()
             self.ref.requires_grad_(False)
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(),
+            [p for p in self.model.parameters() if p.requires_grad],
             lr=learner_cfg.lr,
             betas=(learner_cfg.beta1, learner_cfg.beta2),
             weight_decay=learner_cfg.weight_decay,
@@ -94,8 +111,10 @@ class Learner:
         """One update from a scored batch; `progress` = step / total_steps (for scheduled estimators)."""
         t0 = time.perf_counter()
         batch = batch.to(self.device)
+        moe = self.moe
         with torch.no_grad():
-            old = self._forward(self.model, batch, with_entropy=True, needs=self.estimator.needs)
+            with moe.old_pass(batch) if moe else contextlib.nullcontext():
+                old = self._forward(self.model, batch, with_entropy=True, needs=self.estimator.needs)
             ref_logp = self._forward(self.ref, batch)["logprobs"] if self.ref is not None else None
         est = as_estimate(self.estimator(batch, self.algo, {"old_logprobs": old["logprobs"], "progress": progress, **old}))
         old.pop("vocab_logprobs", None)
@@ -121,8 +140,11 @@ class Learner:
             "rollout_correction/weight_mean": float(aggregate(is_weights, resp_mask, "token-mean")),
             "rollout_correction/masked_seq_frac": float(((is_weights * resp_mask).sum(-1) == 0).float().mean()),
             "loss/token_frac": float(mask.sum() / batch.response_mask.sum().clamp(min=1)),
+            **{f"kl/rollout_{k}": v for k, v in logprob_gap(old["logprobs"], batch.sampling_logprobs, resp_mask).items()},
             **est.metrics,
         }
+        if moe:
+            metrics.update(moe.old_pass_metrics())
 
         single = self.cfg.mini_batches == 1 and self.cfg.ppo_epochs == 1
         B = batch.size
@@ -134,24 +156,33 @@ class Learner:
             for idx in torch.chunk(perm, self.cfg.mini_batches):
                 mb = batch.select(idx)
                 mb_mask = mask[idx]
-                out = self._forward(self.model, mb, with_entropy=self.algo.entropy_coef > 0)
-                logp = out["logprobs"]
-                old_logp = logp.detach() if single else old["logprobs"][idx]
-                pg_tok, info = self._policy_loss(logp, old_logp, advantages[idx], mb_mask)
-                pg_tok = pg_tok * is_weights[idx]
-                if token_weights is not None:
-                    pg_tok = pg_tok * token_weights[idx]
-                pg_loss = aggregate(pg_tok, mb_mask, self.algo.loss_agg, self.norm_len)
-                loss = pg_loss
-                if ref_logp is not None:
-                    kl = kl_k3(logp, ref_logp[idx], self.algo.kl_clamp)
-                    kl_loss = aggregate(kl, mb_mask, self.algo.loss_agg, self.norm_len)
-                    loss = loss + self.algo.kl_coef * kl_loss
-                    sums["kl/ref"] = sums.get("kl/ref", 0.0) + kl_loss.item()
-                if self.algo.entropy_coef > 0:
-                    loss = loss - self.algo.entropy_coef * aggregate(out["entropy"], mb_mask, self.algo.loss_agg, self.norm_len)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                with moe.update_pass(idx) if moe else contextlib.nullcontext():
+                    out = self._forward(self.model, mb, with_entropy=self.algo.entropy_coef > 0)
+                    logp = out["logprobs"]
+                    old_logp = logp.detach() if single else old["logprobs"][idx]
+                    pg_tok, info = self._policy_loss(logp, old_logp, advantages[idx], mb_mask)
+                    pg_tok = pg_tok * is_weights[idx]
+                    if token_weights is not None:
+                        pg_tok = pg_tok * token_weights[idx]
+                    pg_loss = aggregate(pg_tok, mb_mask, self.algo.loss_agg, self.norm_len)
+                    loss = pg_loss
+                    if ref_logp is not None:
+                        kl = kl_k3(logp, ref_logp[idx], self.algo.kl_clamp)
+                        kl_loss = aggregate(kl, mb_mask, self.algo.loss_agg, self.norm_len)
+                        loss = loss + self.algo.kl_coef * kl_loss
+                        sums["kl/ref"] = sums.get("kl/ref", 0.0) + kl_loss.item()
+                    if self.algo.entropy_coef > 0:
+                        loss = loss - self.algo.entropy_coef * aggregate(out["entropy"], mb_mask, self.algo.loss_agg, self.norm_len)
+                    if moe:
+                        reg, reg_info = moe.regularizer_loss()
+                        loss = loss + reg
+                        for k, v in reg_info.items():
+                            sums[k] = sums.get(k, 0.0) + v
+                        moe.after_update()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()  # inside the replay context: checkpointed layers recompute with the same routes
+                if moe:
+                    moe.router_grad_norm()
                 max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
                 self.optimizer.step()
@@ -169,6 +200,8 @@ class Learner:
         metrics.update({k: v / n_updates for k, v in sums.items()})
         if ref_logp is None:
             metrics["kl/ref"] = 0.0
+        if moe:
+            metrics.update(moe.finish())
         self.version += 1
         elapsed = time.perf_counter() - t0
         metrics["throughput/train_tokens_per_s"] = tokens / max(elapsed, 1e-9)
@@ -218,4 +251,6 @@ class Learner:
         torch.set_rng_state(extra["torch_rng"])
         self.generator.set_state(extra["generator"])
         self.version = extra["version"]
+        if self.moe:
+            self.moe.forget_probe()
         return self.version

@@ -22,21 +22,25 @@ log = logging.getLogger(__name__)
 
 
 class HFEngine:
-    def __init__(self, model_path: str, threads: int = 0, record_routing: bool = True):
+    def __init__(self, model_path: str, threads: int = 0, record_routing: bool = True, dtype: str = "fp32"):
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = load_policy(model_path).to(self.device)
+        self.dtype = dtype
+        self.model = load_policy(model_path, dtype).to(self.device)
         self.model.eval()
         self.record_routing = record_routing and bool(find_routers(self.model))
         if record_routing and not self.record_routing:
             log.info("rollout: the policy has no MoE routers; routed experts are not recorded (None)")
+        from rlreason.moe.router import moe_shape
+
+        self.moe_shape = moe_shape(self.model.config.to_dict())
         self.tokenizer = load_tokenizer(model_path)
         self.pad_id = self.tokenizer.pad_token_id
         self.eos_id = self.tokenizer.eos_token_id
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.model.load_state_dict(state_dict, strict=True)
+        self.model.load_state_dict(state_dict, strict=True)  # copies cast to the engine's dtype
 
     @torch.no_grad()
     def generate(
@@ -85,6 +89,7 @@ class HFEngine:
         )
         if recorder is not None:
             batch.routed_experts = recorder.result(response_mask)
+            batch.prompt_routed_experts = recorder.prompt_result(prompt_mask)
         return batch.to("cpu"), texts
 
     def _generate(self, prompt_ids, prompt_mask, max_new_tokens, temperature, top_p, greedy):

@@ -7,7 +7,9 @@ whose forward returns ``(logits, weights, indices)``).
 Convention (as vLLM's per-completion ``routed_experts``): entry ``[b, t, l, :]`` holds the top-k expert
 ids of MoE layer ``l`` at the position whose logits sampled response token ``t`` (for ``t = 0`` the
 last prompt token, then each generated token in turn; the last sampled token is never forwarded).
-Padding after EOS is -1. Shape ``[B, T, L, k]``, int16.
+Padding after EOS is -1. Shape ``[B, T, L, k]``, int16. The prompt's routing (the prefill) comes
+with it as ``[B, P, L, k]`` aligned with the left-padded prompt ids (-1 on padding), so routing
+replay (R3) can force every position the learner forwards, not only the response's.
 """
 
 from __future__ import annotations
@@ -16,11 +18,9 @@ import logging
 
 import torch
 
+from rlreason.moe.router import find_routers
+
 log = logging.getLogger(__name__)
-
-
-def find_routers(model) -> list[torch.nn.Module]:
-    return [m for m in model.modules() if type(m).__name__.endswith("TopKRouter")]
 
 
 class RoutingRecorder:
@@ -30,6 +30,7 @@ class RoutingRecorder:
         self.routers = find_routers(model)
         self.batch_size = batch_size
         self.steps: list[list[torch.Tensor]] = [[] for _ in self.routers]
+        self.prefill: list[torch.Tensor | None] = [None for _ in self.routers]
         self._handles = []
 
     @property
@@ -50,6 +51,8 @@ class RoutingRecorder:
         def fn(module, inputs, output):
             indices = output[2].detach()  # [B * S, k]
             per_seq = indices.view(self.batch_size, -1, indices.shape[-1])
+            if self.prefill[layer] is None:
+                self.prefill[layer] = per_seq
             self.steps[layer].append(per_seq[:, -1])  # the position whose logits pick the next token
         return fn
 
@@ -61,6 +64,11 @@ class RoutingRecorder:
         if routed.shape[1] < T:  # cannot happen with generate; keep the shape contract anyway
             routed = torch.nn.functional.pad(routed, (0, 0, 0, 0, 0, T - routed.shape[1]), value=-1)
         return routed.masked_fill(~response_mask.bool()[:, :, None, None], -1)
+
+    def prompt_result(self, prompt_mask: torch.Tensor) -> torch.Tensor:
+        """[B, P, L, k] int16: the prefill's routing at every prompt position; -1 on padding."""
+        routed = torch.stack(self.prefill, dim=2).to(torch.int16)  # [B, P, L, k]
+        return routed.masked_fill(~prompt_mask.bool()[:, :, None, None], -1)
 
 
 def validate_routed_experts(routed: torch.Tensor, num_experts: int, top_k: int) -> None:

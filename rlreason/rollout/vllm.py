@@ -38,12 +38,13 @@ from rlreason.policy import load_tokenizer
 log = logging.getLogger(__name__)
 
 
-def _is_moe(model_path: str) -> bool:
+def _moe_shape(model_path: str) -> tuple[int, int] | None:
     import json
     from pathlib import Path
 
-    c = json.loads((Path(model_path) / "config.json").read_text())
-    return bool(c.get("num_experts") or c.get("num_local_experts") or c.get("n_routed_experts"))
+    from rlreason.moe.router import moe_shape
+
+    return moe_shape(json.loads((Path(model_path) / "config.json").read_text()))
 
 
 def _stack_routes(routes: list[torch.Tensor | None], T: int) -> torch.Tensor | None:
@@ -54,6 +55,17 @@ def _stack_routes(routes: list[torch.Tensor | None], T: int) -> torch.Tensor | N
     out = torch.full((len(routes), T, L, k), -1, dtype=torch.int16)
     for b, r in enumerate(routes):
         out[b, : r.shape[0]] = r
+    return out
+
+
+def _stack_prompt_routes(routes: list[torch.Tensor | None], P: int) -> torch.Tensor | None:
+    """[B, P, L, k] left-aligned like the prompt ids (-1 on padding), or None unless every row has routes."""
+    if not routes or any(r is None for r in routes):
+        return None
+    L, k = routes[0].shape[1:]
+    out = torch.full((len(routes), P, L, k), -1, dtype=torch.int16)
+    for b, r in enumerate(routes):
+        out[b, P - r.shape[0]:] = r
     return out
 
 
@@ -70,7 +82,8 @@ class VLLMEngine:
 
         self.tokenizer = load_tokenizer(model_path)
         # vLLM returns routed expert ids only on CUDA (Model Runner V2); ask for them there for MoE policies
-        self.capture_routing = cuda and _is_moe(model_path)
+        self.moe_shape = _moe_shape(model_path)
+        self.capture_routing = cuda and self.moe_shape is not None
         self.pad_id = self.tokenizer.pad_token_id
         self.eos_id = self.tokenizer.eos_token_id
         self.llm = LLM(
@@ -120,10 +133,12 @@ class VLLMEngine:
             for i in range(len(prompts))
         ]
         outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in enc], params, use_tqdm=False)
-        prompt_rows, response_rows, logprob_rows, texts, routes = [], [], [], [], []
+        prompt_rows, response_rows, logprob_rows, texts, routes, prompt_routes = [], [], [], [], [], []
         for ids, out in zip(enc, outputs):
             for c in out.outputs:
-                routes.append(self._response_routes(c, len(ids)))
+                split = self._split_routes(c, len(ids))
+                prompt_routes.append(split and split[0])
+                routes.append(split and split[1])
                 prompt_rows.append(ids)
                 response_rows.append(list(c.token_ids))
                 logprob_rows.append([d[t].logprob for t, d in zip(c.token_ids, c.logprobs)])
@@ -153,12 +168,14 @@ class VLLMEngine:
             group_index=torch.arange(len(prompts)).repeat_interleave(counts),
             truncated=truncated,
             routed_experts=_stack_routes(routes, T),
+            prompt_routed_experts=_stack_prompt_routes(prompt_routes, P),
         )
         return batch, texts
 
-    def _response_routes(self, completion, prompt_len: int) -> torch.Tensor | None:
-        """Rows of vLLM's per-completion `routed_experts` ([forwarded tokens, L, k]) for the positions
-        that sampled each response token (prompt_len - 1 onward), as in rlreason/rollout/routing.py.
+    def _split_routes(self, completion, prompt_len: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """vLLM's per-completion `routed_experts` ([forwarded tokens, L, k]) split into the prompt's
+        rows (positions 0..prompt_len-1) and the rows of the positions that sampled each response
+        token (prompt_len - 1 onward), as in rlreason/rollout/routing.py.
         Untested here: vLLM records routes only on CUDA."""
         routes = getattr(completion, "routed_experts", None)
         if not self.capture_routing or routes is None:
@@ -171,7 +188,8 @@ class VLLMEngine:
                           "carrying None", tuple(routes.shape), prompt_len, r)
                 self._routing_warned = True
             return None
-        return routes[prompt_len - 1 : prompt_len - 1 + r].to(torch.int16)
+        routes = routes.to(torch.int16)
+        return routes[:prompt_len], routes[prompt_len - 1 : prompt_len - 1 + r]
 
     def score(self, batch: RolloutBatch) -> torch.Tensor:
         """Teacher-forced logprobs [B, T] of the batch's responses under the engine's weights (T = 1),

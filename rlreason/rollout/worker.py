@@ -16,11 +16,11 @@ class RolloutWorker:
     """Wrap with `ray.remote(num_cpus=...)(RolloutWorker)`; also usable in-process for tests."""
 
     def __init__(self, engine: str, model_path: str, threads: int = 0, seed: int = 0, vllm_kv_cache_gib: int = 1,
-                 vllm_gpu_memory_utilization: float = 0.3):
+                 vllm_gpu_memory_utilization: float = 0.3, dtype: str = "fp32"):
         if engine == "hf":
             from rlreason.rollout.hf import HFEngine
 
-            self.engine = HFEngine(model_path, threads=threads)
+            self.engine = HFEngine(model_path, threads=threads, dtype=dtype)
         elif engine == "vllm":
             from rlreason.rollout.vllm import VLLMEngine
 
@@ -62,15 +62,16 @@ class RolloutWorker:
         batch.group_index = batch.group_index + group_offset
         batch.weights_version = self.weights_version
         if batch.routed_experts is not None:
-            cfg = self.engine.model.config  # only the HF engine records routing on CPU
-            num_experts = getattr(cfg, "num_experts", None) or getattr(cfg, "num_local_experts", 0)
+            num_experts, top_k = self.engine.moe_shape
             try:
-                validate_routed_experts(batch.routed_experts, num_experts, cfg.num_experts_per_tok)
+                validate_routed_experts(batch.routed_experts, num_experts, top_k)
+                if batch.prompt_routed_experts is not None:
+                    validate_routed_experts(batch.prompt_routed_experts, num_experts, top_k)
             except ValueError as e:  # a broken capture must not poison training: drop it, say so once
                 if not self._routing_warned:
                     log.error("rollout: routed-expert capture failed validation (%s); carrying None", e)
                     self._routing_warned = True
-                batch.routed_experts = None
+                batch.routed_experts = batch.prompt_routed_experts = None
         return batch, texts
 
     @torch.no_grad()

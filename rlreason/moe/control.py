@@ -1,0 +1,201 @@
+"""What the learner does for an MoE policy in one train step: routing replay, regularisers, metrics.
+
+`RouterControl` wraps a `RouterTap` with the learner's schedule:
+
+1. `old_pass(batch)`: the no-grad old-policy forward. Under R3 it already replays the rollout
+   engine's routes (the old logprobs are then those of the routing that sampled). It keeps the
+   old router logits (anchoring), the routes it used (R2) and the global expert counts (global-batch
+   LB), and reports train-vs-rollout routing mismatch, expert load and router statistics.
+2. `update_pass(batch, idx)`: each update mini-batch's forward and backward (keep backward inside the
+   context: activation checkpointing recomputes layers there, and the replay must hold). R3 forces
+   the rollout routes, R2 the old pass's; `regularizer_loss` gives the configured LB / z / anchoring
+   terms from the live logits; `after_update` accumulates replay and staleness mismatch.
+3. `finish()`: routing change on a fixed probe batch across the step, router weight and
+   gradient norms, and the averaged update metrics.
+
+The reference model never goes through here: it is never replayed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from rlreason.learner.forward import build_inputs
+from rlreason.moe import metrics as M
+from rlreason.moe.regularizers import expert_counts, load_balancing_loss, router_anchor_kl, z_loss
+from rlreason.moe.router import RouterTap, sequence_routes
+
+REPLAY_MODES = ("none", "r2", "r3")
+
+
+def _flat(routes: torch.Tensor) -> torch.Tensor:
+    """[B, S, L, k] -> [B * S, L, k] long (the row order the MoE blocks flatten tokens in)."""
+    return routes.reshape(-1, *routes.shape[2:]).long()
+
+
+def _token_mask(b) -> torch.Tensor:
+    _, attention_mask, _ = build_inputs(b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask)
+    return attention_mask.reshape(-1)
+
+
+class RouterControl:
+    def __init__(self, model, cfg, forward):
+        """`forward(batch)` runs the policy's forward pass over a rollout batch (the probe uses it)."""
+        if cfg.routing_replay not in REPLAY_MODES:
+            raise ValueError(f"moe.routing_replay={cfg.routing_replay!r}; choose one of: {', '.join(REPLAY_MODES)}")
+        self.cfg = cfg
+        self.tap = RouterTap(model)
+        self.mode = cfg.routing_replay
+        self._forward = forward
+        self._probe = None  # (batch, live routes after the last step)
+        self._sums: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+
+    # -- step part 1 -----------------------------------------------------------------------------------
+    def _rollout_routes(self, b) -> torch.Tensor | None:
+        routes = sequence_routes(b.prompt_routed_experts, b.routed_experts, b.prompt_ids.shape[1])
+        return None if routes is None else _flat(routes)
+
+    @contextlib.contextmanager
+    def old_pass(self, b):
+        """Context for the old-policy forward over the whole step batch `b`."""
+        self._sums, self._counts = {}, {}
+        self.rollout = self._rollout_routes(b)
+        if self.mode == "r3" and self.rollout is None:
+            raise RuntimeError(
+                "moe.routing_replay=r3 needs the routed experts recorded by the rollout engine, and this batch has none "
+                "(the HF engine records them; vLLM only on CUDA). Use moe.routing_replay=r2 or none."
+            )
+        if self.cfg.metrics and self.cfg.probe_size > 0:
+            if self._probe is None:  # a fixed probe: the first batch's first sequences
+                self._probe = (b.select(torch.arange(min(self.cfg.probe_size, b.size))), None)
+            if self._probe[1] is None:  # first step, or after a resume: the routes before this step's updates
+                self._probe = (self._probe[0], self._probe_routes())
+        forced = self.rollout if self.mode == "r3" else None
+        with self.tap.session(forced=forced, capture_logits=True):
+            yield
+        self.mask = _token_mask(b)
+        self.old_logits = self.tap.stacked("logits").detach()  # [L, N, E]
+        self.old_used = self.tap.stacked("used")  # [N, L, k]
+        self.old_live = self.tap.stacked("live")
+        self.seq_len = b.prompt_ids.shape[1] + b.response_ids.shape[1]
+        self.global_counts = expert_counts(self.old_used, self.tap.num_experts, self.mask)
+
+    def old_pass_metrics(self) -> dict:
+        out: dict = {}
+        if not self.cfg.metrics:
+            return out
+        layers = self.cfg.layer_metrics
+        if self.rollout is not None:
+            agree = M.route_agreement(self.rollout, self.old_live, self.mask)
+            M.summarize("moe/rollout_vs_live/mismatch_rate", agree["mismatch_rate"], out, layers)
+            M.summarize("moe/rollout_vs_live/topk_overlap", agree["topk_overlap"], out)
+            out["moe/rollout_vs_live/token_any_mismatch"] = agree["token_any_mismatch"]
+            out["moe/rollout_vs_live/layers_per_token"] = agree["mismatched_layers_per_token"]
+        load = M.expert_load(self.old_used, self.tap.num_experts, self.mask)
+        M.summarize("moe/load/max_over_mean", load["max_over_mean"], out, layers)
+        M.summarize("moe/load/maxvio", load["maxvio"], out)
+        M.summarize("moe/load/entropy", load["entropy"], out)
+        M.summarize("moe/load/dead_experts", [float(d) for d in load["dead_experts"]], out, layers)
+        stats = M.router_stats(self.old_logits, self.tap.top_k, self.mask)
+        for name, values in stats.items():
+            M.summarize(f"moe/router/{name}", values, out, layers and name == "near_tie_frac")
+        out["moe/lb_loss"] = float(load_balancing_loss(self.old_logits, self.tap.top_k, self.mask, indices=self.old_used))
+        out["moe/z_loss"] = float(z_loss(self.old_logits, self.mask))
+        return out
+
+    # -- step part 2 -----------------------------------------------------------------------------------
+    def _rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """Flat token rows of sequences `idx` (rows of [B * S])."""
+        base = idx.to(self.old_used.device)[:, None] * self.seq_len
+        return (base + torch.arange(self.seq_len, device=base.device)[None]).reshape(-1)
+
+    @contextlib.contextmanager
+    def update_pass(self, idx: torch.Tensor):
+        self.rows = self._rows(idx)
+        forced = None
+        if self.mode == "r3":
+            forced = self.rollout[self.rows]
+        elif self.mode == "r2":
+            forced = self.old_used[self.rows]
+        self.forced = forced
+        with self.tap.session(forced=forced, capture_logits=True):
+            yield
+
+    def regularizer_loss(self) -> tuple[torch.Tensor | float, dict]:
+        c = self.cfg
+        if not (c.lb_coef or c.z_coef or c.anchor_coef):
+            return 0.0, {}
+        logits = self.tap.stacked("logits")
+        mask = self.mask[self.rows]
+        loss, info = 0.0, {}
+        if c.lb_coef:
+            counts = self.global_counts if c.lb_scope == "global" else None
+            lb = load_balancing_loss(logits, self.tap.top_k, mask, indices=self.tap.stacked("used"), counts=counts)
+            loss, info["loss/moe_lb"] = loss + c.lb_coef * lb, float(lb.detach())
+        if c.z_coef:
+            z = z_loss(logits, mask)
+            loss, info["loss/moe_z"] = loss + c.z_coef * z, float(z.detach())
+        if c.anchor_coef:
+            a = router_anchor_kl(self.old_logits[:, self.rows], logits, mask)
+            loss, info["loss/moe_anchor"] = loss + c.anchor_coef * a, float(a.detach())
+        return loss, info
+
+    def _add(self, name: str, value: float) -> None:
+        if value == value:  # skip nan (no valid pair)
+            self._sums[name] = self._sums.get(name, 0.0) + value
+            self._counts[name] = self._counts.get(name, 0) + 1
+
+    def after_update(self) -> None:
+        if not self.cfg.metrics:
+            return
+        live, used, mask = self.tap.stacked("live"), self.tap.stacked("used"), self.mask[self.rows]
+
+        def mean_rate(a, b):
+            rates = [r for r in M.route_agreement(a, b, mask)["mismatch_rate"] if r == r]
+            return sum(rates) / len(rates) if rates else float("nan")
+
+        if self.forced is not None:
+            self._add("moe/replay_vs_used/mismatch_rate", mean_rate(self.forced, used))  # 0 when the replay took
+            agree = M.route_agreement(self.forced, live, mask)
+            rates = [r for r in agree["mismatch_rate"] if r == r]
+            overlaps = [r for r in agree["topk_overlap"] if r == r]
+            if rates:
+                self._add("moe/replay_vs_live/mismatch_rate", sum(rates) / len(rates))
+                self._add("moe/replay_vs_live/topk_overlap", sum(overlaps) / len(overlaps))
+        if self.rollout is not None:
+            self._add("moe/rollout_vs_used/mismatch_rate", mean_rate(self.rollout[self.rows], used))
+        self._add("moe/old_vs_live/mismatch_rate", mean_rate(self.old_used[self.rows], live))
+
+    def router_grad_norm(self) -> None:
+        grads = [r.weight.grad for r in self.tap.routers if r.weight.grad is not None]
+        if grads and self.cfg.metrics:
+            self._add("moe/router/grad_norm", float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+
+    # -- step part 3 -----------------------------------------------------------------------------------
+    def _probe_routes(self) -> torch.Tensor:
+        with torch.no_grad(), self.tap.session():
+            self._forward(self._probe[0])
+        return self.tap.stacked("live")
+
+    def finish(self) -> dict:
+        """Metrics after the step's updates: averaged update-pass metrics, router weight norm, and the
+        share of the probe's (token, layer) routes that the step's updates changed."""
+        out = {k: v / self._counts[k] for k, v in self._sums.items()}
+        if not self.cfg.metrics:
+            return out
+        out["moe/router/weight_norm"] = float(torch.linalg.vector_norm(torch.stack([r.weight.detach().norm() for r in self.tap.routers])))
+        if self._probe is not None:
+            before, after = self._probe[1], self._probe_routes()
+            rates = [r for r in M.route_agreement(before, after, _token_mask(self._probe[0]))["mismatch_rate"] if r == r]
+            if rates:
+                out["moe/probe/routing_change"] = sum(rates) / len(rates)
+            self._probe = (self._probe[0], after)
+        return out
+
+    def forget_probe(self) -> None:
+        """After loading other weights (resume), the cached probe routes are stale."""
+        if self._probe is not None:
+            self._probe = (self._probe[0], None)

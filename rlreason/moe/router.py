@@ -1,0 +1,177 @@
+"""Router taps for transformers MoE policies: capture router logits, record and replay expert choices.
+
+transformers 5 MoE blocks (Qwen3-MoE, Qwen2-MoE, Mixtral, OLMoE) call a ``*TopKRouter`` module that
+returns ``(logits [N, E], weights [N, k], indices [N, k])`` and pass weights and indices on to the
+block's ``experts``. `RouterTap` hooks every router once and, inside a `tap.session(...)`:
+
+- records the live top-k ids and keeps the router logits (with their graph) for the regularisers;
+- replays forced ids: rows of ``forced`` ([N, L, k], -1 rows = route live) replace the router's
+  choice, and the gate weights are recomputed from the *live* logits at the forced ids (softmax,
+  gathered, renormalised when the router renormalises its top-k), so the router keeps its gradient;
+- records the ids the experts actually received (a pre-hook on ``experts``), so "replay happened"
+  is measured, not assumed.
+
+A router may run more than once per session (activation checkpointing recomputes a layer during
+backward): the replay is applied on every call, the capture only on the first call of each layer,
+so recomputation sees the same experts and nothing is recorded twice. Keep the session open across
+``loss.backward()`` when checkpointing is on.
+
+Router logits are checked to be logits, not probabilities (transformers releases before PR #45131
+returned softmax outputs there, so a softmax applied on top would be a double softmax).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+def moe_blocks(model) -> list[torch.nn.Module]:
+    """The MoE blocks of `model` in layer order: modules with a ``gate`` router and ``experts``."""
+    return [
+        m for m in model.modules()
+        if type(getattr(m, "gate", None)).__name__.endswith("TopKRouter") and hasattr(m, "experts")
+    ]
+
+
+def moe_shape(config: dict) -> tuple[int, int] | None:
+    """(num_experts, top_k) from an HF config dict, or None for a dense model."""
+    experts = config.get("num_experts") or config.get("num_local_experts") or config.get("n_routed_experts")
+    return (int(experts), int(config["num_experts_per_tok"])) if experts else None
+
+
+def find_routers(model) -> list[torch.nn.Module]:
+    return [m for m in model.modules() if type(m).__name__.endswith("TopKRouter")]
+
+
+def renormalises(router) -> bool:
+    """Whether the router rescales its top-k probabilities to sum to 1 (Mixtral always does; Qwen and
+    OLMoE per `norm_topk_prob`)."""
+    return bool(getattr(router, "norm_topk_prob", True))
+
+
+def route_weights(logits: torch.Tensor, indices: torch.Tensor, renormalise: bool) -> torch.Tensor:
+    """Gate weights [N, k] of experts `indices` [N, k] under router `logits` [N, E]: softmax over all
+    experts in fp32, gathered at the ids, renormalised over the k when the router does so."""
+    probs = torch.softmax(logits.float(), dim=-1).gather(-1, indices.long())
+    if renormalise:
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs
+
+
+def sequence_routes(prompt_routes, response_routes, prompt_len: int) -> torch.Tensor | None:
+    """Routes for every position of the learner's input (prompt + response), [B, P + T, L, k].
+
+    `response_routes[:, t]` is the routing at position P - 1 + t (the one whose logits sampled
+    response token t); `prompt_routes[:, p]` at prompt position p (-1 on padding). The last
+    position (the final sampled token is never forwarded by the sampler) and any position without a
+    recorded route are -1, i.e. routed live."""
+    if response_routes is None:
+        return None
+    B, T, L, k = response_routes.shape
+    full = torch.full((B, prompt_len + T, L, k), -1, dtype=torch.long, device=response_routes.device)
+    if prompt_routes is not None:
+        full[:, :prompt_len] = prompt_routes
+    full[:, prompt_len - 1 : prompt_len - 1 + T] = response_routes
+    return full
+
+
+class RouterTap:
+    """Hooks on every router of `model` (idle outside a session). See the module docstring."""
+
+    def __init__(self, model):
+        blocks = moe_blocks(model)
+        self.routers = [b.gate for b in blocks]
+        self.num_layers = len(self.routers)
+        self.top_k = self.routers[0].top_k if blocks else 0
+        self.num_experts = self.routers[0].num_experts if blocks else 0
+        self._renorm = [renormalises(r) for r in self.routers]
+        self._active = False
+        self._forced = None
+        self._capture_logits = False
+        self._reset()
+        self._handles = []
+        for layer, block in enumerate(blocks):
+            self._handles.append(block.gate.register_forward_hook(self._router_hook(layer)))
+            self._handles.append(block.experts.register_forward_pre_hook(self._experts_hook(layer), with_kwargs=True))
+
+    def __bool__(self) -> bool:
+        return self.num_layers > 0
+
+    def _reset(self):
+        L = self.num_layers
+        self.logits: list = [None] * L  # [N, E] per layer (with graph when grad is on)
+        self.live: list = [None] * L  # [N, k] the router's own choice
+        self.used: list = [None] * L  # [N, k] what the experts received
+        self._checked = False
+
+    @contextlib.contextmanager
+    def session(self, forced: torch.Tensor | None = None, capture_logits: bool = False):
+        """One forward (and its backward): `forced` [N, L, k] long ids to replay (N = batch x sequence,
+        row-major, as the blocks flatten them; a row with any -1 routes live)."""
+        if forced is not None and (forced.dim() != 3 or forced.shape[1:] != (self.num_layers, self.top_k)):
+            raise ValueError(
+                f"forced routes must be [tokens, {self.num_layers} MoE layers, top_k={self.top_k}], got {tuple(forced.shape)}"
+            )
+        self._reset()
+        self._forced, self._capture_logits, self._active = forced, capture_logits, True
+        try:
+            yield self
+        finally:
+            self._active, self._forced = False, None
+
+    def stacked(self, name: str) -> torch.Tensor | None:
+        """`live` or `used` as [N, L, k], `logits` as [L, N, E]; None if a layer did not run."""
+        parts = getattr(self, name)
+        if not parts or any(p is None for p in parts):
+            return None
+        return torch.stack(parts, dim=0) if name == "logits" else torch.stack(parts, dim=1)
+
+    def _router_hook(self, layer: int):
+        def hook(module, inputs, output):
+            if not self._active:
+                return None
+            logits, weights, indices = output
+            first = self.live[layer] is None
+            if first:
+                if not self._checked:
+                    self._check_logits(logits)
+                self.live[layer] = indices.detach()
+                if self._capture_logits:
+                    self.logits[layer] = logits
+            if self._forced is None:
+                return None
+            forced = self._forced[:, layer].to(indices.device)
+            if forced.shape[0] != indices.shape[0]:
+                raise ValueError(f"forced routes cover {forced.shape[0]} tokens, the forward has {indices.shape[0]}")
+            replay = (forced >= 0).all(-1, keepdim=True)
+            new_indices = torch.where(replay, forced.to(indices.dtype), indices)
+            new_weights = route_weights(logits, new_indices, self._renorm[layer]).to(weights.dtype)
+            new_weights = torch.where(replay, new_weights, weights)
+            return logits, new_weights, new_indices
+
+        return hook
+
+    def _experts_hook(self, layer: int):
+        def hook(module, args, kwargs):
+            if self._active and self.used[layer] is None:
+                indices = args[1] if len(args) > 1 else kwargs["top_k_index"]
+                self.used[layer] = indices.detach()
+            return None
+
+        return hook
+
+    def _check_logits(self, logits: torch.Tensor) -> None:
+        self._checked = True
+        rows = logits.detach().float()
+        if rows.numel() and bool((rows >= 0).all()) and bool(torch.allclose(rows.sum(-1), torch.ones(1, device=rows.device), atol=1e-4)):
+            raise RuntimeError(
+                "the MoE router returned probabilities where logits were expected (a transformers release before "
+                "PR #45131?): a softmax on top of them would be applied twice. Upgrade transformers."
+            )
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
