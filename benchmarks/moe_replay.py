@@ -37,7 +37,6 @@ COLUMNS = [  # metric, header, format
     ("moe/old_vs_live/mismatch_rate", "old vs live (staleness)", "{:.4f}"),
     ("moe/probe/routing_change", "probe change / step", "{:.4f}"),
     ("clip/high_frac", "clip high", "{:.4f}"),
-    ("timing/train_s", "train s/step", "{:.3f}"),
 ]
 
 

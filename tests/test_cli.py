@@ -33,6 +33,12 @@ def _one_paragraph_error(proc):
         (["recipe=grpo", "rollout.top_p=1.5"], ["rollout.top_p"]),
         (["recipe=grpo", "resume=true"], ["run_dir"]),
         (["grpo"], ["key=value"]),
+        (["recipe=moe_r3", "moe.routing_replay=r4"], ["moe.routing_replay='r4'", "none", "r2", "r3"]),
+        (["recipe=moe_r3", "rollout.engine=vllm"], ["moe.routing_replay=r3", "CUDA", "rollout.engine=hf"]),
+        (["recipe=grpo", "model.arch=gpt_oss"], ["model.arch='gpt_oss'", "qwen3_moe", "mixtral", "olmoe"]),
+        (["recipe=moe_r2", "model=smollm2"], ["moe.routing_replay=r2", "dense", "smollm2-moe"]),
+        (["recipe=grpo", "moe.z_coef=-1"], ["moe.z_coef"]),
+        (["recipe=grpo", "rollout.engine=vllm", "rollout.dtype=bf16"], ["rollout.dtype", "hf engine"]),
     ],
 )
 def test_user_mistakes_give_one_paragraph(args, expect):

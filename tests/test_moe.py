@@ -341,3 +341,29 @@ def test_r3_without_recorded_routes_is_refused_and_reference_is_never_replayed(t
     assert all(r in learner.moe.tap.routers for r in learner.moe.tap.routers) and not set(ref_routers) & set(learner.moe.tap.routers)
     m = learner.train_step(bf16_rollout)
     assert m["moe/rollout_vs_used/mismatch_rate"] == 0.0 and m["kl/ref"] >= 0
+
+
+def test_r3_trains_a_tiny_moe_for_several_steps_with_zero_replayed_mismatch(tiny_policy):
+    """The loop in-process: the HF engine (bf16) samples and records routes, the learner trains with R3,
+    weights go back to the engine, three times. Every training forward used the sampler's experts."""
+    from rlreason.config import AlgoConfig, LearnerConfig, MoEConfig
+    from rlreason.learner.learner import Learner
+    from rlreason.rollout.worker import RolloutWorker
+
+    worker = RolloutWorker("hf", tiny_policy, threads=2, dtype="bf16")
+    learner = Learner(tiny_policy, LearnerConfig(lr=1e-2, mini_batches=2), AlgoConfig(), 1.0, 12,
+                      moe_cfg=MoEConfig(routing_replay="r3"))
+    g = torch.Generator().manual_seed(0)
+    start = {n: p.detach().clone() for n, p in learner.model.named_parameters()}
+    live_mismatch = []
+    for step in range(3):
+        batch, _ = worker.generate(["1+2=", "10-3+4=", "7+7-1=", "4-2+9="], 0, 4, 12, 1.0, 1.0, seed=step)
+        batch.rewards = torch.bernoulli(torch.full((batch.size,), 0.5), generator=g)
+        m = learner.train_step(batch)
+        assert m["moe/rollout_vs_used/mismatch_rate"] == 0.0 and m["moe/replay_vs_used/mismatch_rate"] == 0.0
+        assert m["grad_norm"] > 0 and m["loss/policy"] == m["loss/policy"]
+        live_mismatch.append(m["moe/rollout_vs_live/mismatch_rate"])
+        worker.load_weights(learner.get_weights(), m["learner/version"])
+    assert max(live_mismatch) > 0  # without replay, the learner would have routed some tokens elsewhere
+    assert any(not torch.equal(v, dict(learner.model.named_parameters())[n]) for n, v in start.items())
+    assert worker.engine.model.dtype == torch.bfloat16

@@ -47,6 +47,12 @@ def test_recipe_runs_end_to_end(sweep, recipe):
         assert steps[0]["d3s/sample_share"] < 1.0 and steps[0]["loss/token_frac"] < 1.0
     if recipe == "dapo":
         assert "curriculum/kept_frac" in steps[0]
+    for m in steps:  # every recipe trains the default MoE: router health is logged
+        assert m["moe/load/max_over_mean"] >= 1 and "moe/rollout_vs_live/mismatch_rate" in m
+    if recipe in ("moe_r2", "moe_r3"):  # replayed passes used exactly the replayed experts
+        assert all(m["moe/replay_vs_used/mismatch_rate"] == 0.0 for m in steps)
+    if recipe == "moe_r3":  # ... which are the rollout engine's
+        assert all(m["moe/rollout_vs_used/mismatch_rate"] == 0.0 for m in steps)
 
 
 def test_user_estimator_from_outside_the_package(sweep):

@@ -42,6 +42,7 @@ def _plain(x):
 # task fields added after caches existed: left out of the key at their neutral value, so a cached
 # warm start stays valid for runs that do not use them
 _NEUTRAL_TASK = {"levels": [], "path": None}
+_NEUTRAL_MODEL = {"arch": "qwen3_moe", "chat_template": False}
 
 
 def cache_key(model_cfg, task_cfg, ws_cfg, seed: int, vocab: dict) -> str:
@@ -52,7 +53,7 @@ def cache_key(model_cfg, task_cfg, ws_cfg, seed: int, vocab: dict) -> str:
     task = {k: v for k, v in _plain(task_cfg).items() if not (k in _NEUTRAL_TASK and v == _NEUTRAL_TASK[k])}
     blob = json.dumps(
         {
-            "model": _plain(model_cfg),
+            "model": {k: v for k, v in _plain(model_cfg).items() if not (k in _NEUTRAL_MODEL and v == _NEUTRAL_MODEL[k])},
             "task": task,
             "warmstart": ws,
             "seed": seed,
