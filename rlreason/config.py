@@ -189,6 +189,9 @@ class LearnerConfig:
     ppo_epochs: int = 1
     cpus: float = 1.0
     threads: int = 0
+    # a non-finite loss or gradient norm skips that update (logged in train/skipped_updates); this many
+    # in a row stop the run, leaving the last checkpoint as it was
+    max_nonfinite_updates: int = 3
 
 
 @dataclass
@@ -351,6 +354,7 @@ def validate(cfg) -> None:
         "rollout.num_workers",
         "learner.mini_batches",
         "learner.ppo_epochs",
+        "learner.max_nonfinite_updates",
         "task.num_train",
         "task.num_eval",
         "reward.num_workers",

@@ -314,6 +314,10 @@ def main(argv: list[str]) -> int:
     try:
         trainer.start()
         summary = trainer.fit()
+    except FloatingPointError as e:  # the learner's non-finite guard (a RayTaskError subclasses it)
+        cause = getattr(e, "cause", e)
+        print(f"rlreason: training stopped at step {trainer.steps_done}: {cause}", file=sys.stderr, flush=True)
+        return 1
     finally:
         trainer.close()
         ray.shutdown()

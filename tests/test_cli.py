@@ -88,3 +88,27 @@ def test_hanging_and_raising_verifier_are_contained(tmp_path):
     errors = sum(m["verifier/error_rate"] for m in steps)
     assert timeouts > 0 and errors > 0
     assert all(0.0 <= m["reward/mean"] <= 1.0 for m in steps)
+
+
+@pytest.mark.integration
+def test_nonfinite_losses_stop_the_run_with_a_message_and_keep_the_checkpoint(tmp_path):
+    """A loss that turns NaN from step 3 on: step 3's update is skipped and logged, step 4's second
+    skip in a row stops the run (exit 1, one clear line); step 2's checkpoint is left intact."""
+    (tmp_path / "nan_estimator.py").write_text(
+        "import torch\n"
+        "from rlreason.algos.advantages import ESTIMATORS\n"
+        "def late_nan(batch, cfg, lt):\n"
+        "    adv = ESTIMATORS['grpo'](batch, cfg, lt)\n"
+        "    return adv * float('nan') if lt['progress'] > 0.5 else adv\n"
+    )
+    run_dir = tmp_path / "run"
+    proc = run_cli(["recipe=grpo", "scale=smoke", "total_steps=4", "algo.estimator=nan_estimator:late_nan",
+                    "learner.max_nonfinite_updates=2", "telemetry.tensorboard=false", f"run_dir={run_dir}"], cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "training stopped at step 4" in proc.stderr and "2 updates in a row" in proc.stderr
+    steps = {m["step"]: m for m in read_metrics(run_dir) if "train/skipped_updates" in m}
+    assert sorted(steps) == [1, 2, 3] and steps[3]["train/skipped_updates"] == 1 and steps[2]["train/skipped_updates"] == 0
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_000002"]
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(run_dir / "checkpoints" / "step_000002" / "policy")  # loads

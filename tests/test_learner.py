@@ -152,3 +152,30 @@ def test_token_weights_scale_the_loss_not_its_normaliser(tiny_policy, rollout):
     finally:
         for k in ("test_weighted", "test_plain"):
             ESTIMATORS.pop(k, None)
+
+
+def test_nonfinite_loss_skips_the_update_and_stops_after_k_in_a_row(tiny_policy, rollout):
+    from rlreason.algos.advantages import ESTIMATORS, register_estimator
+
+    _, batch = rollout
+
+    @register_estimator("test_nan")
+    def nan_advantages(b, cfg, lt):
+        return torch.full_like(b.response_mask, float("nan"), dtype=torch.float32)
+
+    try:
+        learner = Learner(tiny_policy, LearnerConfig(lr=1e-2, max_nonfinite_updates=3), AlgoConfig(estimator="test_nan"), 1.0, 12)
+        before = {n: p.detach().clone() for n, p in learner.model.named_parameters()}
+        m = learner.train_step(batch)
+        assert m["train/skipped_updates"] == 1 and "loss/policy" not in m
+        assert all(torch.equal(p, before[n]) for n, p in learner.model.named_parameters())  # nothing applied
+        assert not learner.optimizer.state  # Adam's moments were never touched
+        learner.estimator = ESTIMATORS["grpo"]  # a finite update resets the streak
+        assert learner.train_step(batch)["train/skipped_updates"] == 0 and learner.nonfinite_streak == 0
+        learner.estimator = nan_advantages
+        learner.train_step(batch)
+        learner.train_step(batch)
+        with pytest.raises(FloatingPointError, match="3 updates in a row"):
+            learner.train_step(batch)
+    finally:
+        ESTIMATORS.pop("test_nan", None)

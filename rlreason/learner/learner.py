@@ -77,6 +77,7 @@ class Learner:
         )
         self.estimator = resolve_estimator(algo_cfg.estimator)
         self.version = 0
+        self.nonfinite_streak = 0  # consecutive updates skipped for a non-finite loss or gradient
 
     def _autocast(self):
         if self.cfg.dtype == "bf16":
@@ -149,7 +150,7 @@ class Learner:
         single = self.cfg.mini_batches == 1 and self.cfg.ppo_epochs == 1
         B = batch.size
         sums: dict[str, float] = {}
-        n_updates = 0
+        n_updates = skipped = 0
         tokens = 0
         for _ in range(self.cfg.ppo_epochs):
             perm = torch.randperm(B, generator=self.generator) if not single else torch.arange(B)
@@ -166,18 +167,18 @@ class Learner:
                         pg_tok = pg_tok * token_weights[idx]
                     pg_loss = aggregate(pg_tok, mb_mask, self.algo.loss_agg, self.norm_len)
                     loss = pg_loss
+                    update: dict[str, float] = {}  # this update's extra metrics, kept only if it is applied
                     if ref_logp is not None:
                         kl = kl_k3(logp, ref_logp[idx], self.algo.kl_clamp)
                         kl_loss = aggregate(kl, mb_mask, self.algo.loss_agg, self.norm_len)
                         loss = loss + self.algo.kl_coef * kl_loss
-                        sums["kl/ref"] = sums.get("kl/ref", 0.0) + kl_loss.item()
+                        update["kl/ref"] = kl_loss.item()
                     if self.algo.entropy_coef > 0:
                         loss = loss - self.algo.entropy_coef * aggregate(out["entropy"], mb_mask, self.algo.loss_agg, self.norm_len)
                     if moe:
                         reg, reg_info = moe.regularizer_loss()
                         loss = loss + reg
-                        for k, v in reg_info.items():
-                            sums[k] = sums.get(k, 0.0) + v
+                        update.update(reg_info)
                         moe.after_update()
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()  # inside the replay context: checkpointed layers recompute with the same routes
@@ -185,10 +186,16 @@ class Learner:
                     moe.router_grad_norm()
                 max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+                if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                    self._skip_nonfinite(loss, grad_norm)
+                    skipped += 1
+                    continue
+                self.nonfinite_streak = 0
                 self.optimizer.step()
                 n_updates += 1
                 tokens += int(mb.prompt_mask.sum() + mb.response_mask.sum())
                 for k, v in (
+                    *update.items(),
                     ("loss/policy", pg_loss.item()),
                     ("loss/total", loss.item()),
                     ("grad_norm", grad_norm.item()),
@@ -197,7 +204,8 @@ class Learner:
                     ("ratio/mean", float(aggregate(info["ratio"], mb_mask, "token-mean"))),
                 ):
                     sums[k] = sums.get(k, 0.0) + v
-        metrics.update({k: v / n_updates for k, v in sums.items()})
+        metrics.update({k: v / max(n_updates, 1) for k, v in sums.items()})
+        metrics["train/skipped_updates"] = skipped
         if ref_logp is None:
             metrics["kl/ref"] = 0.0
         if moe:
@@ -207,6 +215,19 @@ class Learner:
         metrics["throughput/train_tokens_per_s"] = tokens / max(elapsed, 1e-9)
         metrics["learner/version"] = self.version
         return metrics
+
+    def _skip_nonfinite(self, loss, grad_norm) -> None:
+        """Drop this update (no optimizer step, gradients cleared); too many in a row stop training."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.nonfinite_streak += 1
+        log.warning("learner: non-finite loss %s / grad norm %s: update skipped (%d in a row)", float(loss),
+                    float(grad_norm), self.nonfinite_streak)
+        if self.nonfinite_streak >= self.cfg.max_nonfinite_updates:
+            raise FloatingPointError(
+                f"{self.nonfinite_streak} updates in a row had a non-finite loss or gradient norm "
+                f"(learner.max_nonfinite_updates={self.cfg.max_nonfinite_updates}); stopping before the weights are damaged. "
+                "Checkpoints written so far are intact; lower learner.lr or check the estimator/verifier for NaN."
+            )
 
     def save_weights(self, directory: str) -> str:
         """Write the policy as an HF folder (for engines that reload weights from disk, e.g. vLLM).
