@@ -220,7 +220,7 @@ class Learner:
         """Drop this update (no optimizer step, gradients cleared); too many in a row stop training."""
         self.optimizer.zero_grad(set_to_none=True)
         self.nonfinite_streak += 1
-        log.warning("learner: non-finite loss %s / grad norm %s: update skipped (%d in a row)", float(loss),
+        log.warning("learner: non-finite loss %s / grad norm %s: update skipped (%d in a row)", float(loss.detach()),
                     float(grad_norm), self.nonfinite_streak)
         if self.nonfinite_streak >= self.cfg.max_nonfinite_updates:
             raise FloatingPointError(
