@@ -38,6 +38,21 @@ def smollm2_gguf() -> Path:
     return path
 
 
+def publish_folder(final: Path, write) -> Path:
+    """Build a folder atomically: `write(tmp)` fills a temporary sibling, which is then renamed to
+    `final`; a crash leaves no half-written `final`. If another process published first, its folder
+    is kept and ours is discarded."""
+    tmp = final.parent / f".{final.name}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    write(tmp)
+    try:
+        tmp.rename(final)
+    except OSError:  # `final` appeared meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
 def smollm2_folder(cache: Path | None = None) -> Path:
     """An HF folder (fp32 safetensors + fast tokenizer) of SmolLM2-135M-Instruct, converted on first use."""
     final = (cache or cache_root()) / "models" / "smollm2-135m-instruct"
@@ -74,10 +89,9 @@ def smollm2_folder(cache: Path | None = None) -> Path:
     plain.config.eos_token_id = tok.eos_token_id
     plain.config.bos_token_id = tok.bos_token_id
 
-    tmp = final.parent / f".{final.name}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    plain.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    return final
+    def write(tmp: Path) -> None:
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+
+    shutil.rmtree(final, ignore_errors=True)  # an incomplete folder from an older layout
+    return publish_folder(final, write)

@@ -42,7 +42,6 @@ class Trainer:
         self.curriculum = build_curriculum(cfg, self.sampler, self.train)
         self.start_step = 0
         self.steps_done = 0
-        self._chat_tokenizer = None
         self.rollout_tokens = 0  # response tokens generated for training so far (all rounds, kept or not)
         # the warm start runs here, before Ray starts, so it has the machine to itself
         self.policy_path, self.warmstart_info = self._initial_policy()
@@ -192,11 +191,7 @@ class Trainer:
         if budget is not None and self.cfg.curriculum.length.in_prompt:
             text = f"budget {budget}: {text}"
         if self.cfg.model.chat_template:
-            if self._chat_tokenizer is None:
-                from rlreason.policy import load_tokenizer
-
-                self._chat_tokenizer = load_tokenizer(self.policy_path)
-            text = self._chat_tokenizer.apply_chat_template(
+            text = self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
             )
         return text
@@ -303,7 +298,8 @@ class Trainer:
         threads = lambda n: n or os.cpu_count() or 1  # noqa: E731
         from rlreason.policy import load_tokenizer
 
-        self.pad_id = load_tokenizer(self.policy_path).pad_token_id
+        self.tokenizer = load_tokenizer(self.policy_path)  # the policy's own: padding, chat template
+        self.pad_id = self.tokenizer.pad_token_id
         # the actors' environment, whether this driver started the cluster or joined one (ray job submit)
         opts = {"runtime_env": {"env_vars": dict(QUIET_ENV)}}
         self.learner = ray.remote(num_cpus=cfg.learner.cpus)(Learner).options(**opts).remote(

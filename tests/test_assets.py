@@ -32,7 +32,7 @@ def test_smollm2_converts_once_and_answers(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("top_k", [1, 2])
-def test_upcycled_smollm2_moe_has_the_dense_models_logits(top_k):
+def test_upcycled_smollm2_moe_has_the_dense_models_logits(top_k, tmp_path):
     """Sparse upcycling is exact at any top_k: identical experts behind a renormalised top-k router."""
     from rlreason.moe.router import RouterTap
     from rlreason.moe.upcycle import upcycle
@@ -56,3 +56,13 @@ def test_upcycled_smollm2_moe_has_the_dense_models_logits(top_k):
     # expert copies really are separate parameters (they can diverge under training)
     experts = moe.model.layers[0].mlp.experts
     assert experts.gate_up_proj.shape[0] == 2 and torch.equal(experts.gate_up_proj[0], experts.gate_up_proj[1])
+    if top_k == 1:  # the cached folder model=smollm2-moe trains from: built once, same model, with the tokenizer
+        from rlreason.moe.upcycle import upcycled_folder
+
+        folder = upcycled_folder(path, 2, 1, cache=tmp_path)
+        mtime = (folder / "config.json").stat().st_mtime
+        assert upcycled_folder(path, 2, 1, cache=tmp_path) == folder and (folder / "config.json").stat().st_mtime == mtime
+        assert not list(tmp_path.glob(".*tmp"))  # nothing half-written left behind
+        with torch.no_grad():
+            saved = load_policy(folder)(**ids).logits
+        assert torch.equal(saved[real], out[real]) and load_tokenizer(folder).eos_token == tok.eos_token

@@ -93,7 +93,7 @@ def test_vllm_routes_are_sliced_to_the_response_positions():
     vLLM, so this checks the slicing on a stand-in completion)."""
     import types
 
-    from rlreason.rollout.vllm import VLLMEngine, _stack_prompt_routes, _stack_routes
+    from rlreason.rollout.vllm import VLLMEngine, _stack_routes
 
     engine = VLLMEngine.__new__(VLLMEngine)
     engine.capture_routing, engine._routing_warned = True, False
@@ -102,11 +102,11 @@ def test_vllm_routes_are_sliced_to_the_response_positions():
     assert rows[:, 0, 0].tolist() == [12, 16, 20]
     assert prompt_rows[:, 0, 0].tolist() == [0, 4, 8, 12]
     short_prompt, short = engine._split_routes(types.SimpleNamespace(token_ids=[5], routed_experts=routes[:2]), prompt_len=2)
-    stacked = _stack_routes([rows, short], T=3)
+    stacked = _stack_routes([rows, short], 3)
     assert stacked.shape == (2, 3, 2, 2) and stacked.dtype == torch.int16
     assert stacked[1, :, 0, 0].tolist() == [4, -1, -1]
-    prompts = _stack_prompt_routes([prompt_rows, short_prompt], P=4)  # left-padded like the prompt ids
+    prompts = _stack_routes([prompt_rows, short_prompt], 4, left=True)  # left-padded like the prompt ids
     assert prompts[1, :, 0, 0].tolist() == [-1, -1, 0, 4]
     # too few rows for the response: refused (None), not misaligned
     assert engine._split_routes(types.SimpleNamespace(token_ids=[5, 6, 7], routed_experts=routes[:4]), prompt_len=4) is None
-    assert _stack_routes([rows, None], T=3) is None
+    assert _stack_routes([rows, None], 3) is None

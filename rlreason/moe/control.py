@@ -153,21 +153,17 @@ class RouterControl:
             return
         live, used, mask = self.tap.stacked("live"), self.tap.stacked("used"), self.mask[self.rows]
 
-        def mean_rate(a, b):
-            rates = [r for r in M.route_agreement(a, b, mask)["mismatch_rate"] if r == r]
-            return sum(rates) / len(rates) if rates else float("nan")
+        def rate(a, b):
+            return M.layer_mean(M.route_agreement(a, b, mask)["mismatch_rate"])
 
         if self.forced is not None:
-            self._add("moe/replay_vs_used/mismatch_rate", mean_rate(self.forced, used))  # 0 when the replay took
+            self._add("moe/replay_vs_used/mismatch_rate", rate(self.forced, used))  # 0 when the replay took
             agree = M.route_agreement(self.forced, live, mask)
-            rates = [r for r in agree["mismatch_rate"] if r == r]
-            overlaps = [r for r in agree["topk_overlap"] if r == r]
-            if rates:
-                self._add("moe/replay_vs_live/mismatch_rate", sum(rates) / len(rates))
-                self._add("moe/replay_vs_live/topk_overlap", sum(overlaps) / len(overlaps))
+            self._add("moe/replay_vs_live/mismatch_rate", M.layer_mean(agree["mismatch_rate"]))
+            self._add("moe/replay_vs_live/topk_overlap", M.layer_mean(agree["topk_overlap"]))
         if self.rollout is not None:
-            self._add("moe/rollout_vs_used/mismatch_rate", mean_rate(self.rollout[self.rows], used))
-        self._add("moe/old_vs_live/mismatch_rate", mean_rate(self.old_used[self.rows], live))
+            self._add("moe/rollout_vs_used/mismatch_rate", rate(self.rollout[self.rows], used))
+        self._add("moe/old_vs_live/mismatch_rate", rate(self.old_used[self.rows], live))
 
     def router_grad_norm(self) -> None:
         grads = [r.weight.grad for r in self.tap.routers if r.weight.grad is not None]
@@ -189,9 +185,9 @@ class RouterControl:
         out["moe/router/weight_norm"] = float(torch.linalg.vector_norm(torch.stack([r.weight.detach().norm() for r in self.tap.routers])))
         if self._probe is not None:
             before, after = self._probe[1], self._probe_routes()
-            rates = [r for r in M.route_agreement(before, after, _token_mask(self._probe[0]))["mismatch_rate"] if r == r]
-            if rates:
-                out["moe/probe/routing_change"] = sum(rates) / len(rates)
+            change = M.layer_mean(M.route_agreement(before, after, _token_mask(self._probe[0]))["mismatch_rate"])
+            if change == change:  # not nan
+                out["moe/probe/routing_change"] = change
             self._probe = (self._probe[0], after)
         return out
 

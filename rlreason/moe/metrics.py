@@ -103,13 +103,19 @@ def logprob_gap(train_logp: torch.Tensor, sample_logp: torch.Tensor, mask: torch
     }
 
 
+def layer_mean(per_layer: list[float]) -> float:
+    """Mean over the layers that have a value (nan when none has)."""
+    values = [v for v in per_layer if not math.isnan(v)]
+    return sum(values) / len(values) if values else float("nan")
+
+
 def summarize(prefix: str, per_layer: list[float], out: dict, with_layers: bool = False) -> None:
     """Add `<prefix>` (mean over layers, nan-skipping) and `<prefix>_max` to `out`; per layer as
     `moe/layer<l>/<name>` when `with_layers` (prefix 'moe/<name>')."""
     values = [v for v in per_layer if not math.isnan(v)]
     if not values:
         return
-    out[prefix] = sum(values) / len(values)
+    out[prefix] = layer_mean(values)
     out[prefix + "_max"] = max(values)
     if with_layers:
         name = prefix.split("/", 1)[1]

@@ -96,9 +96,6 @@ class RouterTap:
             self._handles.append(block.gate.register_forward_hook(self._router_hook(layer)))
             self._handles.append(block.experts.register_forward_pre_hook(self._experts_hook(layer), with_kwargs=True))
 
-    def __bool__(self) -> bool:
-        return self.num_layers > 0
-
     def _reset(self):
         L = self.num_layers
         self.logits: list = [None] * L  # [N, E] per layer (with graph when grad is on)

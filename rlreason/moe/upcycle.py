@@ -16,7 +16,6 @@ are no longer exactly equal).
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 
@@ -104,15 +103,12 @@ def upcycled_folder(dense_path: str | Path, num_experts: int, top_k: int, cache:
     if (final / "config.json").exists():
         return final
     log.info("upcycling %s into %d experts (top-%d): %s", dense_path, num_experts, top_k, final)
-    tmp = root / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    moe = upcycle(load_policy(dense_path), num_experts, top_k)
-    moe.save_pretrained(tmp)
-    for f in dense_path.iterdir():  # tokenizer and generation files
-        if f.name.startswith(("tokenizer", "special_tokens", "generation_config", "chat_template")) and f.is_file():
-            shutil.copy2(f, tmp / f.name)
-    try:
-        os.rename(tmp, final)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    from rlreason.assets import publish_folder
+
+    def write(tmp: Path) -> None:
+        upcycle(load_policy(dense_path), num_experts, top_k).save_pretrained(tmp)
+        for f in dense_path.iterdir():  # tokenizer and generation files
+            if f.is_file() and f.name.startswith(("tokenizer", "special_tokens", "generation_config", "chat_template")):
+                shutil.copy2(f, tmp / f.name)
+
+    return publish_folder(final, write)

@@ -47,25 +47,19 @@ def _moe_shape(model_path: str) -> tuple[int, int] | None:
     return moe_shape(json.loads((Path(model_path) / "config.json").read_text()))
 
 
-def _stack_routes(routes: list[torch.Tensor | None], T: int) -> torch.Tensor | None:
-    """[B, T, L, k] with -1 after each response's end, or None unless every row has routes."""
+def _stack_routes(routes: list[torch.Tensor | None], length: int, left: bool = False) -> torch.Tensor | None:
+    """[B, length, L, k] int16, -1 where a row has no route: responses are right-padded (-1 after each
+    response's end), prompts left-padded (`left`, aligned like the prompt ids). None unless every row
+    has routes."""
     if not routes or any(r is None for r in routes):
         return None
     L, k = routes[0].shape[1:]
-    out = torch.full((len(routes), T, L, k), -1, dtype=torch.int16)
+    out = torch.full((len(routes), length, L, k), -1, dtype=torch.int16)
     for b, r in enumerate(routes):
-        out[b, : r.shape[0]] = r
-    return out
-
-
-def _stack_prompt_routes(routes: list[torch.Tensor | None], P: int) -> torch.Tensor | None:
-    """[B, P, L, k] left-aligned like the prompt ids (-1 on padding), or None unless every row has routes."""
-    if not routes or any(r is None for r in routes):
-        return None
-    L, k = routes[0].shape[1:]
-    out = torch.full((len(routes), P, L, k), -1, dtype=torch.int16)
-    for b, r in enumerate(routes):
-        out[b, P - r.shape[0]:] = r
+        if left:
+            out[b, length - r.shape[0]:] = r
+        else:
+            out[b, : r.shape[0]] = r
     return out
 
 
@@ -168,7 +162,7 @@ class VLLMEngine:
             group_index=torch.arange(len(prompts)).repeat_interleave(counts),
             truncated=truncated,
             routed_experts=_stack_routes(routes, T),
-            prompt_routed_experts=_stack_prompt_routes(prompt_routes, P),
+            prompt_routed_experts=_stack_routes(prompt_routes, P, left=True),
         )
         return batch, texts
 
