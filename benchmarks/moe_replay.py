@@ -79,7 +79,8 @@ def summarise(out: Path) -> str:
 
     head = ["arm", "n", "final eval acc"] + [h for _, h, _ in COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for arm in ["none", "R2", "R3", "z-loss 1e-3", "anchoring 1.0"] + sorted(set(arms) - {"none", "R2", "R3", "z-loss 1e-3", "anchoring 1.0"}):
+    order = ["none", "R2", "R3", "z-loss 1e-3", "anchoring 1.0"]
+    for arm in order + sorted(set(arms) - set(order)):
         runs = arms.get(arm)
         if not runs:
             continue

@@ -9,7 +9,7 @@ the wrong type is caught by OmegaConf, and `validate()` checks ranges and choice
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 LOSS_AGG_MODES = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
 POLICY_LOSSES = ("ppo", "gspo", "gspo-token")
@@ -18,10 +18,20 @@ DTYPES = ("fp32", "bf16")
 MODEL_KINDS = ("tiny_moe", "pretrained", "smollm2", "smollm2_moe")
 TASKS = ("arithmetic", "gsm8k")
 CURRICULA = ("uniform", "length_budget", "knapsack", "sec")
+STRATEGIES = ("single", "deepspeed")
+PLACEMENTS = ("none", "pack", "spread", "strict_pack")
 
 
 class ConfigError(ValueError):
     """A user mistake in the config: the message names the key path and the valid choices."""
+
+
+@dataclass
+class LoRAConfig:
+    r: int = 0  # > 0: train LoRA adapters of this rank (peft); the base weights stay frozen
+    alpha: float = 16.0  # scale alpha / r
+    dropout: float = 0.0
+    target_modules: str = "all-linear"  # peft's all-linear, or comma-separated module names (q_proj,v_proj)
 
 
 @dataclass
@@ -44,6 +54,7 @@ class ModelConfig:
     top_k: int = 2
     max_position_embeddings: int = 128
     tie_embeddings: bool = True
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
 
 @dataclass
@@ -95,6 +106,8 @@ class RolloutConfig:
     top_p: float = 1.0
     max_new_tokens: int = 32
     cpus: float = 1.0  # Ray CPUs reserved per rollout actor
+    gpus: float = -1.0  # Ray GPUs per rollout actor; -1 = 1 if the cluster has GPUs, else 0 (0.5: share one with a learner)
+    max_restarts: int = 3  # a rollout actor that dies is restarted this often, given current weights, and the step retried
     threads: int = 0  # torch threads inside the actor; 0 = all cores of the node
     vllm_kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE (whole GiB) on CPU
     vllm_gpu_memory_utilization: float = 0.3  # on CPU: the share of CPU memory; keep <= 0.3 there
@@ -187,8 +200,14 @@ class LearnerConfig:
     grad_checkpointing: bool = False  # recompute activations in backward (non-reentrant; routing replay holds)
     mini_batches: int = 1
     ppo_epochs: int = 1
-    cpus: float = 1.0
+    cpus: float = 1.0  # Ray CPUs reserved per learner actor
+    gpus: float = -1.0  # Ray GPUs per learner actor; -1 = 1 if the cluster has GPUs, else 0
     threads: int = 0
+    # single: one learner process | deepspeed: num_workers data-parallel actors under DeepSpeed ZeRO
+    strategy: str = "single"
+    num_workers: int = 1
+    zero_stage: int = 2  # 2: optimizer state and gradients sharded | 3: the weights too
+    deepspeed_config: dict[str, Any] = field(default_factory=dict)  # merged into the generated DeepSpeed config
     # a non-finite loss or gradient norm skips that update (logged in train/skipped_updates); this many
     # in a row stop the run, leaving the last checkpoint as it was
     max_nonfinite_updates: int = 3
@@ -239,6 +258,16 @@ class TelemetryConfig:
 class RayConfig:
     address: Optional[str] = None  # None: join RAY_ADDRESS if set (ray job submit), else start a local cluster
     num_cpus: int = 0  # CPUs of a local cluster; 0 = enough for the actors, at least the machine's
+    # none: Ray places each actor | pack / spread / strict_pack: one placement group of all learner and
+    # rollout actors with that strategy (strict_pack + fractional gpus colocates them on one GPU node)
+    placement: str = "none"
+
+
+@dataclass
+class TrainerConfig:
+    # 0: synchronous | 1: generate step t+1 (with the weights before step t's update) while the learner
+    # trains on step t; pair it with algo.tis_mode=token to correct for the stale sampler
+    off_policy_steps: int = 0
 
 
 @dataclass
@@ -264,6 +293,7 @@ class Config:
     moe: MoEConfig = field(default_factory=MoEConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
 def _choice(path: str, value, choices) -> None:
@@ -318,6 +348,7 @@ def validate(cfg) -> None:
     if cfg.rollout.engine == "vllm" and cfg.rollout.dtype != "fp32":
         raise ConfigError("rollout.dtype applies to the hf engine; vLLM picks its own dtype (leave rollout.dtype=fp32).")
     _check_moe(cfg)
+    _check_scale_out(cfg)
     _choice("algo.loss_agg", cfg.algo.loss_agg, LOSS_AGG_MODES)
     if ":" not in cfg.algo.estimator:
         _choice("algo.estimator", cfg.algo.estimator, sorted(ESTIMATORS) + ["<module:function>"])
@@ -407,6 +438,32 @@ def _check_curriculum(cfg) -> None:
         _positive("curriculum.sec.tau", c.sec.tau)
         if not 0 < c.sec.alpha <= 1:
             raise ConfigError(f"curriculum.sec.alpha={c.sec.alpha} must lie in (0, 1].")
+
+
+def _check_scale_out(cfg) -> None:
+    """Sharded learners, LoRA, placement, faults and the async option."""
+    lc = cfg.learner
+    _choice("learner.strategy", lc.strategy, STRATEGIES)
+    _positive("learner.num_workers", lc.num_workers)
+    if lc.strategy == "single" and lc.num_workers != 1:
+        raise ConfigError(f"learner.num_workers={lc.num_workers} needs learner.strategy=deepspeed (the single learner is one process).")
+    if lc.strategy == "deepspeed":
+        _choice("learner.zero_stage", lc.zero_stage, (2, 3))
+    _choice("ray.placement", cfg.ray.placement, PLACEMENTS)
+    for path in ("learner.gpus", "rollout.gpus"):
+        if _get(cfg, path) < 0 and _get(cfg, path) != -1:
+            raise ConfigError(f"{path}={_get(cfg, path)} is not valid; it must be >= 0, or -1 for one GPU when the cluster has GPUs.")
+    _positive("rollout.max_restarts", cfg.rollout.max_restarts, allow_zero=True)
+    lora = cfg.model.lora
+    _positive("model.lora.r", lora.r, allow_zero=True)
+    if lora.r > 0 and lora.alpha <= 0:
+        raise ConfigError(f"model.lora.alpha={lora.alpha} is not valid; it must be > 0.")
+    if lora.r > 0 and lc.strategy == "deepspeed" and lc.zero_stage == 3:
+        raise ConfigError("model.lora.r > 0 with learner.zero_stage=3 is not supported (the adapters are small and the "
+                          "merged-weight sync reads whole base layers); use learner.zero_stage=2.")
+    if not 0 <= lora.dropout < 1:
+        raise ConfigError(f"model.lora.dropout={lora.dropout} is not valid; it must lie in [0, 1).")
+    _choice("trainer.off_policy_steps", cfg.trainer.off_policy_steps, (0, 1))
 
 
 def _check_moe(cfg) -> None:

@@ -164,7 +164,7 @@ def init_ray(cfg) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
         return
-    needed = cfg.learner.cpus + cfg.rollout.num_workers * cfg.rollout.cpus
+    needed = cfg.learner.num_workers * cfg.learner.cpus + cfg.rollout.num_workers * cfg.rollout.cpus
     num_cpus = cfg.ray.num_cpus or max(os.cpu_count() or 1, math.ceil(needed))
     pythonpath = os.pathsep.join([str(REPO_ROOT), os.getcwd(), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     ray.init(
@@ -307,7 +307,7 @@ def main(argv: list[str]) -> int:
 
     import ray
 
-    from rlreason.trainer import Trainer
+    from rlreason.trainer import LearnerDied, Trainer
 
     trainer = Trainer(cfg, run_dir)
     init_ray(cfg)
@@ -317,6 +317,9 @@ def main(argv: list[str]) -> int:
     except FloatingPointError as e:  # the learner's non-finite guard (a RayTaskError subclasses it)
         cause = getattr(e, "cause", e)
         print(f"rlreason: training stopped at step {trainer.steps_done}: {cause}", file=sys.stderr, flush=True)
+        return 1
+    except LearnerDied as e:
+        print(f"rlreason: training stopped at step {trainer.steps_done}: {e}", file=sys.stderr, flush=True)
         return 1
     finally:
         trainer.close()

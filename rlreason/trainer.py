@@ -72,21 +72,32 @@ class Trainer:
         else:
             eval_before = self._logged_eval(step=0)
         eval_after = None
+        prefetched = None  # trainer.off_policy_steps=1: the next step's batch, generated during this step's update
         for step in range(self.start_step + 1, cfg.total_steps + 1):
             t_step = time.perf_counter()
             # 1-3. the curriculum picks prompts, the workers generate, the verifiers score
-            batch, indices, reward_metrics, t_rollout, t_reward = self.collect(step)
-            reward_metrics.update(self.curriculum.observe(step, indices, batch))
+            if prefetched is None:
+                prefetched = self._collect_observed(step)
+            batch, indices, reward_metrics, t_rollout, t_reward = prefetched
+            prefetched = None
             self.steps_done = step
+            self.data_state = self._data_state()  # what a checkpoint after this step records
             t0 = time.perf_counter()
-            train_metrics = ray.get(self.learner.train_step.remote(batch, self.progress(step)))  # 4. learner
+            futures = [lr.train_step.remote(batch, self.progress(step)) for lr in self.learners]  # 4. learner
+            last = step == cfg.total_steps or (cfg.rollout_token_budget and self.rollout_tokens >= cfg.rollout_token_budget)
+            if cfg.trainer.off_policy_steps and not last:
+                # generate step+1 with the weights from before this update while the learner trains
+                prefetched = self._collect_observed(step + 1)
+            train_metrics = self.learners_get(futures, "train_step")
             t_train = time.perf_counter() - t0
             t0 = time.perf_counter()
             self.sync_weights(train_metrics["learner/version"])  # 5. new weights to the rollout workers
             t_sync = time.perf_counter() - t0
             metrics = {"step": step, **reward_metrics, **train_metrics}
+            # learner updates between the weights that sampled this batch and those it trained from
+            metrics["rollout/weights_lag"] = train_metrics["learner/version"] - 1 - batch.weights_version
+            metrics["faults/rollout_recoveries"] = self.rollout_restarts
             t_step = time.perf_counter() - t_step  # the step proper; evaluation is timed on its own
-            last = step == cfg.total_steps or (cfg.rollout_token_budget and self.rollout_tokens >= cfg.rollout_token_budget)
             if last or (cfg.eval_every and step % cfg.eval_every == 0):
                 t0 = time.perf_counter()
                 eval_after = metrics["accuracy/eval"] = self.evaluate(step)
@@ -99,13 +110,13 @@ class Trainer:
                     "response/truncated_frac": float(batch.truncated.float().mean()),
                     "timing/rollout_s": t_rollout,
                     "timing/reward_s": t_reward,
-                    "timing/train_s": t_train,
+                    "timing/train_s": t_train,  # with off_policy_steps=1: the update, overlapped with the next rollout
                     "timing/sync_s": t_sync,
                     "timing/step_s": t_step,
                     "throughput/rollout_tokens_per_s": n_tokens / max(t_rollout, 1e-9),
-                    "rollout/tokens_total": self.rollout_tokens,
-                    "curriculum/epoch": self.sampler.epoch,
-                    "curriculum/consumed": self.sampler.consumed,
+                    "rollout/tokens_total": self.data_state["rollout_tokens"],
+                    "curriculum/epoch": self.data_state["epoch"],
+                    "curriculum/consumed": self.data_state["consumed"],
                     "curriculum/batch_digest": indices_digest(indices),
                 }
             )
@@ -122,6 +133,16 @@ class Trainer:
         return self._summary(eval_before, eval_after)
 
     # -- pieces of a step -----------------------------------------------------------------------
+    def _collect_observed(self, step: int):
+        batch, indices, reward_metrics, t_rollout, t_reward = self.collect(step)
+        reward_metrics.update(self.curriculum.observe(step, indices, batch))
+        return batch, indices, reward_metrics, t_rollout, t_reward
+
+    def _data_state(self) -> dict:
+        """The data position after the current step (before any prefetch): sampler, curriculum, tokens."""
+        return {"sampler": self.sampler.state_dict(), "curriculum": self.curriculum.state_dict(),
+                "rollout_tokens": self.rollout_tokens, "consumed": self.sampler.consumed, "epoch": self.sampler.epoch}
+
     def progress(self, step: int) -> float:
         """Training progress in [0, 1] for scheduled estimators: steps, or the token budget if that ends sooner."""
         p = step / self.cfg.total_steps
@@ -203,12 +224,26 @@ class Trainer:
         n = n or (1 if greedy else r.group_size)
         counts = n if isinstance(n, list) else [n] * len(prompts)
         shards = np.array_split(np.arange(len(prompts)), len(self.workers))
-        futures = [
-            w.generate.remote([prompts[i] for i in shard], int(shard[0]) if len(shard) else 0, [counts[i] for i in shard],
-                              max_new_tokens or r.max_new_tokens, r.temperature, r.top_p, greedy, seed + k)
-            for k, (w, shard) in enumerate(zip(self.workers, shards)) if len(shard)
-        ]
-        results = ray.get(futures)
+        for attempt in range(r.max_restarts + 1):
+            futures = [
+                w.generate.remote([prompts[i] for i in shard], int(shard[0]) if len(shard) else 0, [counts[i] for i in shard],
+                                  max_new_tokens or r.max_new_tokens, r.temperature, r.top_p, greedy, seed + k)
+                for k, (w, shard) in enumerate(zip(self.workers, shards)) if len(shard)
+            ]
+            try:
+                results = ray.get(futures)
+                # a worker Ray restarted before this call came back with the initial weights
+                if all(b.weights_version == self.weights_version for b, _ in results):
+                    break
+                problem = "a rollout worker answered with stale weights (it was restarted)"
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
+                problem = f"a rollout worker died ({type(e).__name__})"
+                if attempt == r.max_restarts:
+                    raise RuntimeError(f"rollout workers failed {attempt + 1} times in one generation call; giving up") from e
+            log.warning("%s; waiting for Ray to restart it, then retrying with the same seeds", problem)
+            self._recover_workers()
+        else:
+            raise RuntimeError(f"rollout workers kept answering with stale weights after {r.max_restarts + 1} tries")
         batch = RolloutBatch.concat([b for b, _ in results], self.pad_id)
         texts = [t for _, ts in results for t in ts]
         return batch, texts
@@ -245,14 +280,37 @@ class Trainer:
             "verifier/error_rate": sum(res.status == "error" for res in results) / len(results),
         }
 
-    def sync_weights(self, version: int) -> None:
+    def sync_weights(self, version: int, workers: list | None = None) -> None:
+        workers = self.workers if workers is None else workers
         if self.cfg.rollout.engine == "vllm":  # in-place reload from an HF folder the learner writes
             path = str((self.run_dir / "weights_sync").resolve())
-            ray.get(self.learner.save_weights.remote(path))
-            ray.get([w.load_weights_from_path.remote(path, version) for w in self.workers])
-            return
-        weights = self.learner.get_weights.remote()
-        ray.get([w.load_weights.remote(weights, version) for w in self.workers])
+            self.learners_call("save_weights", path)
+            ray.get([w.load_weights_from_path.remote(path, version) for w in workers])
+        else:
+            weights = ray.put(self.learners_call("get_weights"))
+            ray.get([w.load_weights.remote(weights, version) for w in workers])
+        self.weights_version = version
+
+    def _recover_workers(self, timeout_s: float = 600.0) -> None:
+        """Wait until every rollout worker answers again (Ray restarts dead ones), then give the
+        restarted ones, which came back with the initial weights, the learner's current weights."""
+        deadline = time.monotonic() + timeout_s
+        stale = []
+        for w in self.workers:
+            while True:
+                try:
+                    version = ray.get(w.ping.remote(), timeout=60)
+                    break
+                except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError) as e:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("a rollout worker died and Ray did not restart it (rollout.max_restarts spent?)") from e
+                    time.sleep(1.0)
+            if version != self.weights_version:
+                stale.append(w)
+        self.rollout_restarts += 1
+        if stale and self.weights_version:
+            self.sync_weights(self.weights_version, stale)
+        log.warning("%d rollout worker(s) restarted and brought to weights version %d", len(stale), self.weights_version)
 
     def evaluate(self, step: int = 0) -> float:
         """Greedy accuracy on the held-out split; under a length budget, with the step's budget in the
@@ -294,39 +352,80 @@ class Trainer:
         return path, None
 
     def _start_actors(self) -> None:
+        """The learner actor(s) and rollout workers, with their Ray resources (`*.cpus`, `*.gpus`) and,
+        with `ray.placement` other than none, in one placement group of that strategy."""
         cfg = self.cfg
         threads = lambda n: n or os.cpu_count() or 1  # noqa: E731
         from rlreason.policy import load_tokenizer
 
         self.tokenizer = load_tokenizer(self.policy_path)  # the policy's own: padding, chat template
         self.pad_id = self.tokenizer.pad_token_id
+        has_gpu = ray.cluster_resources().get("GPU", 0) >= 1
+        gpus = lambda n: (1.0 if has_gpu else 0.0) if n == -1 else n  # noqa: E731
+        L, R = cfg.learner.num_workers, cfg.rollout.num_workers
+        learner_res = {"num_cpus": cfg.learner.cpus, "num_gpus": gpus(cfg.learner.gpus)}
+        rollout_res = {"num_cpus": cfg.rollout.cpus, "num_gpus": gpus(cfg.rollout.gpus)}
+        place = _placement(cfg.ray.placement, [learner_res] * L + [rollout_res] * R)
         # the actors' environment, whether this driver started the cluster or joined one (ray job submit)
-        opts = {"runtime_env": {"env_vars": dict(QUIET_ENV)}}
-        self.learner = ray.remote(num_cpus=cfg.learner.cpus)(Learner).options(**opts).remote(
-            str(self.policy_path), _with_threads(cfg.learner, threads(cfg.learner.threads)), cfg.algo,
-            cfg.rollout.temperature, cfg.rollout.max_new_tokens, cfg.seed, cfg.moe,
-        )
+        env = {"runtime_env": {"env_vars": dict(QUIET_ENV)}}
+        self.learners = [
+            ray.remote(Learner).options(**learner_res, **env, **place(k), max_restarts=0).remote(
+                str(self.policy_path), _with_threads(cfg.learner, threads(cfg.learner.threads)), cfg.algo,
+                cfg.rollout.temperature, cfg.rollout.max_new_tokens, cfg.seed, cfg.moe, cfg.model.lora, k,
+            )
+            for k in range(L)
+        ]
+        self.learner = self.learners[0]
+        if cfg.learner.strategy == "deepspeed":
+            addr, port = ray.get(self.learner.address.remote())
+            ray.get([lr.connect.remote(addr, port) for lr in self.learners])
+        # a rollout worker that dies is restarted by Ray (its __init__ runs again, with the initial
+        # weights); `generate` notices, gives it the current weights and retries
         self.workers = [
-            ray.remote(num_cpus=cfg.rollout.cpus)(RolloutWorker).options(**opts).remote(
+            ray.remote(RolloutWorker).options(**rollout_res, **env, **place(L + k), max_restarts=cfg.rollout.max_restarts).remote(
                 cfg.rollout.engine, str(self.policy_path), threads(cfg.rollout.threads), cfg.seed + k,
                 cfg.rollout.vllm_kv_cache_gib, cfg.rollout.vllm_gpu_memory_utilization, cfg.rollout.dtype,
             )
-            for k in range(cfg.rollout.num_workers)
+            for k in range(R)
         ]
-        ray.get([self.learner.get_weights.remote()] + [w.ping.remote() for w in self.workers])
+        self.weights_version = 0
+        self.rollout_restarts = 0
+        self.learners_call("get_weights")
+        ray.get([w.ping.remote() for w in self.workers])
         self.correct_spec = import_path(cfg.reward.verifier)
         self.format_spec = import_path("format")
+
+    def learners_call(self, method: str, *args):
+        """Call `method` on every learner rank (DeepSpeed steps and ZeRO-3 gathers are collectives) and
+        return rank 0's answer. A learner that dies ends the run with `LearnerDied`."""
+        return self.learners_get([getattr(lr, method).remote(*args) for lr in self.learners], method)
+
+    def learners_get(self, futures: list, method: str):
+        try:
+            return ray.get(futures)[0]
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
+            last = self.latest_checkpoint()
+            raise LearnerDied(
+                f"the learner actor died during {method} ({type(e).__name__}); "
+                + (f"the last checkpoint is {last}: continue with resume=true run_dir={self.run_dir}" if last
+                   else "no checkpoint had been written yet")
+            ) from e
 
     # -- checkpoints ------------------------------------------------------------------------------
     def save_checkpoint(self, step: int) -> Path:
         final = self.ckpt_root / f"step_{step:06d}"
         tmp = self.ckpt_root / f".step_{step:06d}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        ray.get(self.learner.save.remote(str(tmp)))
+        self.learners_call("save", str(tmp))
+        delay = float(os.environ.get("RLREASON_FAULT_CHECKPOINT_DELAY_S", "0"))  # fault injection for tests
+        if delay:
+            time.sleep(delay)
         # the learner saves its own torch RNG and shuffling generator; rollout seeds derive from
-        # (seed, step), so the driver holds no random stream that a resume would need
-        state = {"step": step, "sampler": self.sampler.state_dict(), "warmstart": self.warmstart_info,
-                 "rollout_tokens": self.rollout_tokens, "curriculum": self.curriculum.state_dict()}
+        # (seed, step), so the driver holds no random stream that a resume would need. With
+        # off_policy_steps=1 the data position is the one before the next step's batch was drawn.
+        data = getattr(self, "data_state", None) or self._data_state()
+        state = {"step": step, "sampler": data["sampler"], "warmstart": self.warmstart_info,
+                 "rollout_tokens": data["rollout_tokens"], "curriculum": data["curriculum"]}
         (tmp / "trainer.json").write_text(json.dumps(state, indent=1))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -344,7 +443,7 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         if "curriculum" in state:
             self.curriculum.load_state_dict(state["curriculum"])
-        version = ray.get(self.learner.load.remote(str(d)))
+        version = self.learners_call("load", str(d))
         self.sync_weights(version)
         self.start_step = self.steps_done = state["step"]
         self.rollout_tokens = state.get("rollout_tokens", 0)
@@ -411,6 +510,23 @@ def pass_rate_histogram(correct: torch.Tensor, group_index: torch.Tensor) -> dic
             hit = (rates > lo) & (rates <= hi)
         out[f"curriculum/pass_rate/{name}"] = float(hit.double().mean())
     return out
+
+
+class LearnerDied(RuntimeError):
+    """A learner actor died: the run stops (the last checkpoint is intact) and run.py says where it is."""
+
+
+def _placement(strategy: str, bundles: list[dict]):
+    """`place(i)` -> Ray options that put actor i into bundle i of one placement group (or none)."""
+    if strategy == "none":
+        return lambda i: {}
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    spec = [{"CPU": b["num_cpus"], **({"GPU": b["num_gpus"]} if b["num_gpus"] else {})} for b in bundles]
+    pg = placement_group(spec, strategy=strategy.upper())
+    ray.get(pg.ready(), timeout=600)
+    return lambda i: {"scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group=pg, placement_group_bundle_index=i)}
 
 
 def _with_threads(learner_cfg, threads: int):

@@ -179,3 +179,47 @@ def test_nonfinite_loss_skips_the_update_and_stops_after_k_in_a_row(tiny_policy,
             learner.train_step(batch)
     finally:
         ESTIMATORS.pop("test_nan", None)
+
+
+def test_lora_trains_adapters_only_syncs_merged_weights_and_checkpoints_adapters(tiny_policy, rollout, tmp_path):
+    import copy
+
+    from rlreason.config import LoRAConfig
+
+    worker, batch = rollout
+    lora = LoRAConfig(r=4, alpha=8)
+    learner = Learner(tiny_policy, LearnerConfig(lr=1e-2), AlgoConfig(kl_coef=0.1), 1.0, 12, lora_cfg=lora)
+    assert learner.ref is None  # the reference is the base model with the adapters disabled
+    frozen = {k: v.clone() for k, v in learner.model.named_parameters() if not v.requires_grad}
+    trainable = {k: v.clone() for k, v in learner.model.named_parameters() if v.requires_grad}
+    assert trainable and all("lora_" in k for k in trainable)
+    m = learner.train_step(batch)
+    assert m["kl/ref"] == pytest.approx(0.0, abs=1e-7)  # B = 0 at the start: policy == base
+    m = learner.train_step(batch)
+    assert m["kl/ref"] > 0 and m["grad_norm"] > 0
+    for k, v in learner.model.named_parameters():
+        if k in frozen:
+            assert torch.equal(v, frozen[k]), k
+    assert any(not torch.equal(v, trainable[k]) for k, v in learner.model.named_parameters() if k in trainable)
+
+    # the merged weights equal peft's own merge, carry the base model's names, and are what the learner computes
+    merged = learner.get_weights()
+    reference = copy.deepcopy(learner.model).merge_and_unload().state_dict()
+    assert merged.keys() == reference.keys()
+    for k in reference:
+        torch.testing.assert_close(merged[k], reference[k], rtol=0, atol=0)
+    engine = RolloutWorker("hf", tiny_policy, threads=2)
+    engine.load_weights(merged, 2)
+    mask = batch.response_mask.bool()
+    assert (engine.score_logprobs(batch) - learner.score_logprobs(batch))[mask].abs().max() < 1e-5
+
+    # checkpoints hold the adapters only, and restore the adapters and the optimizer
+    learner.save(str(tmp_path / "ckpt"))
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["adapter", "learner.pt"]
+    assert (tmp_path / "ckpt" / "adapter" / "adapter_model.safetensors").stat().st_size < 200_000
+    fresh = Learner(tiny_policy, LearnerConfig(lr=1e-2), AlgoConfig(kl_coef=0.1), 1.0, 12, lora_cfg=lora)
+    assert fresh.load(str(tmp_path / "ckpt")) == 2
+    for k, v in fresh.get_weights().items():
+        assert torch.equal(v, merged[k]), k
+    a, b = learner.train_step(batch), fresh.train_step(batch)
+    assert a["loss/total"] == b["loss/total"] and a["grad_norm"] == b["grad_norm"]

@@ -111,7 +111,7 @@ def test_checkpointing_on_and_off_give_equal_grads_under_replay(arch):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         tap = RouterTap(model)
         calls = []
-        tap.routers[0].register_forward_hook(lambda *a: calls.append(1))
+        tap.routers[0].register_forward_hook(lambda *a, calls=calls: calls.append(1))
         with tap.session(forced=forced, capture_logits=True):
             _, loss = forward_loss(model, ids, mask)
             loss = loss + z_loss(tap.stacked("logits"))  # captured logits stay differentiable under recompute

@@ -56,3 +56,44 @@ def test_kill_after_checkpoint_then_resume(tmp_path):
         assert m["curriculum/consumed"] == sampler.consumed
     assert resumed_from >= 3
     assert f"resumed from {run_dir / 'checkpoints' / latest}: step {resumed_from}" in proc.stderr
+
+
+EXACT = ["recipe=grpo", "scale=smoke", "total_steps=6", "checkpoint_every=2", "eval_every=0", "telemetry.tensorboard=false",
+         "reward.format_weight=0.5", "learner.lr=1e-2"]
+# every metric that depends on the data, the sampled tokens or the weights (timings do not)
+DETERMINISTIC = ("reward/mean", "accuracy/train", "loss/total", "loss/policy", "grad_norm", "entropy/mean",
+                 "kl/rollout_vs_train", "response_length/mean", "curriculum/batch_digest", "rollout/tokens_total")
+
+
+def test_kill_during_a_checkpoint_write_then_resume_reproduces_the_uninterrupted_run(tmp_path):
+    reference = run_cli([*EXACT, f"run_dir={tmp_path / 'ref'}"])
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    want = {m["step"]: m for m in read_metrics(tmp_path / "ref") if "reward/mean" in m}
+    assert any(want[s]["grad_norm"] > 0 for s in want)  # the weights move, so resuming them wrongly would show
+
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "RLREASON_FAULT_CHECKPOINT_DELAY_S": "120"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "rlreason" / "run.py"), *EXACT, f"run_dir={run_dir}"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    ckpts = run_dir / "checkpoints"
+    partial = ckpts / ".step_000004.tmp"
+    deadline = time.monotonic() + 400
+    try:  # the step-4 checkpoint is half written: the learner's files are there, trainer.json is not
+        while not (partial / "learner.pt").exists():
+            assert proc.poll() is None, "run ended before its second checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint write in time"
+            time.sleep(0.1)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert sorted(p.name for p in ckpts.iterdir()) == [".step_000004.tmp", "step_000002"]
+
+    resumed = run_cli([*EXACT, f"run_dir={run_dir}", "resume=true"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {ckpts / 'step_000002'}: step 2" in resumed.stderr
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step_000004", "step_000006"]  # the partial write is gone
+    got = {m["step"]: m for m in read_metrics(run_dir) if "reward/mean" in m}
+    assert sorted(got) == [1, 2, 3, 4, 5, 6]
+    for step in (3, 4, 5, 6):  # the steps after the checkpoint, run again: bit for bit the uninterrupted run's
+        for key in DETERMINISTIC:
+            assert got[step][key] == want[step][key], (step, key, got[step][key], want[step][key])

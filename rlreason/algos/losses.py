@@ -37,6 +37,24 @@ def clipped_surrogate(ratio: torch.Tensor, adv: torch.Tensor, eps_low: float, ep
     return loss, info
 
 
+def aggregate_weights(mask: torch.Tensor, mode: str, norm_len: int | None = None) -> torch.Tensor:
+    """Per-token weights w[B, T] with aggregate(l, mask, mode) == (w * l).sum() for every l.
+
+    Every mode is linear in l with weights that depend on the mask alone, so a mini-batch split across
+    data-parallel ranks can weight each rank's tokens by the whole mini-batch's denominators."""
+    m = mask.float()
+    if mode == "token-mean":
+        return m / m.sum().clamp(min=1.0)
+    if mode == "seq-mean-token-mean":
+        lengths = m.sum(-1, keepdim=True)
+        return m / lengths.clamp(min=1.0) / (lengths > 0).sum().clamp(min=1)
+    if mode == "seq-mean-token-sum-norm":
+        if not norm_len:
+            raise ValueError("seq-mean-token-sum-norm needs norm_len (L_gen) > 0")
+        return m / (m.shape[0] * norm_len)
+    raise ValueError(f"unknown loss aggregation {mode!r}")
+
+
 def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str, norm_len: int | None = None) -> torch.Tensor:
     mask = mask.to(values.dtype)
     masked = values * mask

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -22,10 +23,12 @@ import torch
 from rlreason.algos import resolve_estimator
 from rlreason.algos.advantages import as_estimate
 from rlreason.algos.kl import kl_k3
-from rlreason.algos.losses import aggregate, gspo_loss, ppo_clip_loss
+from rlreason.algos.losses import aggregate, aggregate_weights, gspo_loss, ppo_clip_loss
 from rlreason.algos.rollout_correction import rollout_correction_weights
 from rlreason.batch import RolloutBatch
 from rlreason.learner.forward import response_logprobs
+from rlreason.learner.lora import add_lora, load_adapter, merged_state_dict
+from rlreason.learner.strategy import DeepSpeedStrategy, LocalStrategy, free_address
 from rlreason.moe.control import RouterControl
 from rlreason.moe.metrics import logprob_gap
 from rlreason.moe.regularizers import freeze_routers
@@ -39,7 +42,9 @@ class Learner:
     """Wrap with `ray.remote(num_cpus=...)(Learner)`; also usable in-process for tests."""
 
     def __init__(self, model_path: str, learner_cfg, algo_cfg, temperature: float, max_new_tokens: int, seed: int = 0,
-                 moe_cfg=None):
+                 moe_cfg=None, lora_cfg=None, rank: int = 0):
+        """`rank`: this actor's place among `learner.num_workers` DeepSpeed ranks; with
+        `learner.strategy=deepspeed`, call `connect(addr, port)` on every rank (at once) before training."""
         self.cfg = learner_cfg
         self.algo = algo_cfg
         self.temperature = temperature
@@ -49,7 +54,11 @@ class Learner:
         torch.manual_seed(seed)
         self.generator = torch.Generator().manual_seed(seed)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.rank = rank
         self.model = load_policy(model_path).to(self.device)
+        self.lora = lora_cfg is not None and lora_cfg.r > 0
+        if self.lora:
+            self.model = add_lora(self.model, lora_cfg)
         self.model.train()
         if getattr(learner_cfg, "grad_checkpointing", False):
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -65,7 +74,7 @@ class Learner:
         elif moe_cfg is not None and moe_cfg.routing_replay != "none":
             raise ValueError(f"moe.routing_replay={moe_cfg.routing_replay} needs an MoE policy; this one is dense")
         self.ref = None
-        if algo_cfg.kl_coef > 0:
+        if algo_cfg.kl_coef > 0 and not self.lora:  # with LoRA the reference is the base model: adapters disabled
             self.ref = load_policy(model_path).to(self.device)
             self.ref.eval()
             self.ref.requires_grad_(False)
@@ -75,9 +84,29 @@ class Learner:
             betas=(learner_cfg.beta1, learner_cfg.beta2),
             weight_decay=learner_cfg.weight_decay,
         )
+        self.strategy = LocalStrategy(self.model, self.optimizer, learner_cfg.grad_clip) if learner_cfg.strategy == "single" else None
         self.estimator = resolve_estimator(algo_cfg.estimator)
         self.version = 0
-        self.nonfinite_streak = 0  # consecutive updates skipped for a non-finite loss or gradient
+        self.nonfinite_streak = 0  # consecutive updates skipped for a non-finite loss or gradient norm
+
+    def address(self) -> tuple[str, int]:
+        """Rank 0: where the other DeepSpeed ranks connect."""
+        return free_address()
+
+    def connect(self, master_addr: str, master_port: int) -> int:
+        """DeepSpeed: join the process group and wrap the model and optimizer (every rank at once)."""
+        c = self.cfg
+        self.strategy = DeepSpeedStrategy(self.model, self.optimizer, c.grad_clip, c.zero_stage, self.rank, c.num_workers,
+                                          master_addr, master_port, c.deepspeed_config)
+        self.model = self.strategy.model
+        return self.rank
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def local_param_numel(self) -> int:
+        """Parameter elements this rank holds (under ZeRO-3 its partition only)."""
+        return sum(p.numel() for p in self.model.parameters())
 
     def _autocast(self):
         if self.cfg.dtype == "bf16":
@@ -97,8 +126,16 @@ class Learner:
             return ppo_clip_loss(logp, old_logp, advantages, a.clip_eps_low, a.clip_eps_high)
         return gspo_loss(logp, old_logp, advantages, mask, a.clip_eps_low, a.clip_eps_high, token_level=a.policy_loss == "gspo-token")
 
-    def get_weights(self) -> dict:
-        return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+    def get_weights(self) -> dict | None:
+        """The policy's full weights on CPU, as the rollout engines load them: with LoRA the merged
+        base + adapter weights, under ZeRO-3 gathered from every rank (a collective: call it on all
+        ranks; ranks other than 0 return None)."""
+        with self.strategy.full_params():
+            if self.rank != 0:
+                return None
+            if self.lora:
+                return merged_state_dict(self.model)
+            return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
 
     @torch.no_grad()
     def score_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
@@ -116,7 +153,7 @@ class Learner:
         with torch.no_grad():
             with moe.old_pass(batch) if moe else contextlib.nullcontext():
                 old = self._forward(self.model, batch, with_entropy=True, needs=self.estimator.needs)
-            ref_logp = self._forward(self.ref, batch)["logprobs"] if self.ref is not None else None
+            ref_logp = self._ref_logprobs(batch) if self.algo.kl_coef > 0 else None
         est = as_estimate(self.estimator(batch, self.algo, {"old_logprobs": old["logprobs"], "progress": progress, **old}))
         old.pop("vocab_logprobs", None)
         old.pop("hidden", None)
@@ -155,54 +192,13 @@ class Learner:
         for _ in range(self.cfg.ppo_epochs):
             perm = torch.randperm(B, generator=self.generator) if not single else torch.arange(B)
             for idx in torch.chunk(perm, self.cfg.mini_batches):
-                mb = batch.select(idx)
-                mb_mask = mask[idx]
-                with moe.update_pass(idx) if moe else contextlib.nullcontext():
-                    out = self._forward(self.model, mb, with_entropy=self.algo.entropy_coef > 0)
-                    logp = out["logprobs"]
-                    old_logp = logp.detach() if single else old["logprobs"][idx]
-                    pg_tok, info = self._policy_loss(logp, old_logp, advantages[idx], mb_mask)
-                    pg_tok = pg_tok * is_weights[idx]
-                    if token_weights is not None:
-                        pg_tok = pg_tok * token_weights[idx]
-                    pg_loss = aggregate(pg_tok, mb_mask, self.algo.loss_agg, self.norm_len)
-                    loss = pg_loss
-                    update: dict[str, float] = {}  # this update's extra metrics, kept only if it is applied
-                    if ref_logp is not None:
-                        kl = kl_k3(logp, ref_logp[idx], self.algo.kl_clamp)
-                        kl_loss = aggregate(kl, mb_mask, self.algo.loss_agg, self.norm_len)
-                        loss = loss + self.algo.kl_coef * kl_loss
-                        update["kl/ref"] = kl_loss.item()
-                    if self.algo.entropy_coef > 0:
-                        loss = loss - self.algo.entropy_coef * aggregate(out["entropy"], mb_mask, self.algo.loss_agg, self.norm_len)
-                    if moe:
-                        reg, reg_info = moe.regularizer_loss()
-                        loss = loss + reg
-                        update.update(reg_info)
-                        moe.after_update()
-                    self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()  # inside the replay context: checkpointed layers recompute with the same routes
-                if moe:
-                    moe.router_grad_norm()
-                max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-                if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
-                    self._skip_nonfinite(loss, grad_norm)
+                applied, stats, n_tok = self._update(batch, idx, mask, advantages, is_weights, token_weights, old, ref_logp, single)
+                if not applied:
                     skipped += 1
                     continue
-                self.nonfinite_streak = 0
-                self.optimizer.step()
                 n_updates += 1
-                tokens += int(mb.prompt_mask.sum() + mb.response_mask.sum())
-                for k, v in (
-                    *update.items(),
-                    ("loss/policy", pg_loss.item()),
-                    ("loss/total", loss.item()),
-                    ("grad_norm", grad_norm.item()),
-                    ("clip/low_frac", float(aggregate(info["clipped_low"].float(), mb_mask, "token-mean"))),
-                    ("clip/high_frac", float(aggregate(info["clipped_high"].float(), mb_mask, "token-mean"))),
-                    ("ratio/mean", float(aggregate(info["ratio"], mb_mask, "token-mean"))),
-                ):
+                tokens += n_tok
+                for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
         metrics.update({k: v / max(n_updates, 1) for k, v in sums.items()})
         metrics["train/skipped_updates"] = skipped
@@ -215,6 +211,84 @@ class Learner:
         metrics["throughput/train_tokens_per_s"] = tokens / max(elapsed, 1e-9)
         metrics["learner/version"] = self.version
         return metrics
+
+    def _update(self, batch, idx, mask, advantages, is_weights, token_weights, old, ref_logp, single) -> tuple[bool, dict, int]:
+        """One optimizer update on mini-batch `idx` (indices into the step batch). Under DeepSpeed each
+        rank takes every world_size-th sequence of the mini-batch; the loss weights come from the whole
+        mini-batch's mask, so the ranks' summed gradients are the single learner's (see strategy.py)."""
+        a, moe, st = self.algo, self.moe, self.strategy
+        W = st.world_size
+        weights = aggregate_weights(mask[idx], a.loss_agg, self.norm_len)  # [n, T] over the whole mini-batch
+        share = torch.arange(len(idx))[st.rank::W]
+        scale = float(W)
+        if len(share) == 0:  # fewer sequences than ranks: join the collectives with a zero-weight sequence
+            share, scale = torch.arange(1), 0.0
+        local = idx[share]
+        w = weights[share.to(weights.device)]
+        mb = batch.select(local)
+        mb_mask = mask[local]
+        with moe.update_pass(local) if moe else contextlib.nullcontext():
+            out = self._forward(self.model, mb, with_entropy=a.entropy_coef > 0)
+            logp = out["logprobs"]
+            old_logp = logp.detach() if single else old["logprobs"][local]
+            pg_tok, info = self._policy_loss(logp, old_logp, advantages[local], mb_mask)
+            pg_tok = pg_tok * is_weights[local]
+            if token_weights is not None:
+                pg_tok = pg_tok * token_weights[local]
+            pg_loss = (pg_tok * w).sum()
+            loss = pg_loss
+            kl_loss = reg = torch.zeros((), device=self.device)
+            if ref_logp is not None:
+                kl_loss = (kl_k3(logp, ref_logp[local], a.kl_clamp) * w).sum()
+                loss = loss + a.kl_coef * kl_loss
+            if a.entropy_coef > 0:
+                loss = loss - a.entropy_coef * (out["entropy"] * w).sum()
+            update: dict[str, float] = {}  # this update's extra metrics, kept only if it is applied
+            if moe:
+                reg, reg_info = moe.regularizer_loss()  # over this rank's share of the mini-batch
+                loss = loss + reg / scale if scale else loss
+                update.update(reg_info)
+                moe.after_update()
+            # one collective for the metrics: global loss parts, clip and ratio sums, token count
+            m = mb_mask
+            vec = torch.stack([
+                pg_loss.detach(), kl_loss.detach(), loss.detach(),
+                (info["clipped_low"].float() * m).sum(), (info["clipped_high"].float() * m).sum(), (info["ratio"] * m).sum(),
+                m.sum(), (mb.prompt_mask.sum() + mb.response_mask.sum()).float(),
+            ]).float()
+            parts = st.all_reduce(vec if scale else torch.zeros_like(vec))
+            if not st.all_finite(bool(torch.isfinite(parts[2]))):
+                self._skip_nonfinite(parts[2], float("nan"))
+                return False, {}, 0
+            st.backward(loss * scale)  # inside the replay context: checkpointed layers recompute with the same routes
+        if moe:
+            moe.router_grad_norm()
+        applied, grad_norm = st.step()
+        if not applied:
+            self._skip_nonfinite(parts[2], grad_norm)
+            return False, {}, 0
+        self.nonfinite_streak = 0
+        n = parts[6].clamp(min=1)
+        stats = {
+            **update,
+            "loss/policy": float(parts[0]),
+            "loss/total": float(parts[2]),
+            "grad_norm": grad_norm,
+            "clip/low_frac": float(parts[3] / n),
+            "clip/high_frac": float(parts[4] / n),
+            "ratio/mean": float(parts[5] / n),
+        }
+        if ref_logp is not None:
+            stats["kl/ref"] = float(parts[1])
+        return True, stats, int(parts[7])
+
+    @torch.no_grad()
+    def _ref_logprobs(self, b: RolloutBatch) -> torch.Tensor:
+        """The frozen reference: its own copy, or with LoRA the base model (adapters disabled)."""
+        if self.ref is not None:
+            return self._forward(self.ref, b)["logprobs"]
+        with self.model.disable_adapter():
+            return self._forward(self.model, b)["logprobs"]
 
     def _skip_nonfinite(self, loss, grad_norm) -> None:
         """Drop this update (no optimizer step, gradients cleared); too many in a row stop training."""
@@ -229,46 +303,54 @@ class Learner:
                 "Checkpoints written so far are intact; lower learner.lr or check the estimator/verifier for NaN."
             )
 
+    def _hf_model(self):
+        return self.model.get_base_model() if self.lora else self.model
+
     def save_weights(self, directory: str) -> str:
         """Write the policy as an HF folder (for engines that reload weights from disk, e.g. vLLM).
 
         Tied output embeddings are written out as `lm_head.weight` too: vLLM's in-place reload
         rebuilds every module it finds, and one with no weights in the folder stays uninitialised."""
-        from safetensors.torch import load_file, save_file
-
-        self.model.save_pretrained(directory)
-        if getattr(self.model.config, "tie_word_embeddings", False):
-            path = Path(directory) / "model.safetensors"
-            tensors = load_file(str(path))
-            if "lm_head.weight" not in tensors:
-                tensors["lm_head.weight"] = self.model.get_output_embeddings().weight.detach().clone()
-                save_file(tensors, str(path), metadata={"format": "pt"})
+        weights = self.get_weights()
+        if weights is None:
+            return directory
+        if getattr(self._hf_model().config, "tie_word_embeddings", False) and "lm_head.weight" not in weights:
+            weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
+        self._hf_model().save_pretrained(directory, state_dict=weights)
         return directory
 
     # -- checkpoints -------------------------------------------------------------------------
     def save(self, directory: str) -> None:
+        """A checkpoint (every rank calls it): the policy as an HF folder (`policy/`), or with LoRA the
+        adapters only (`adapter/`); the optimizer (`learner.pt`, or DeepSpeed's per-rank partitions
+        under `deepspeed/`); and each rank's random state."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(d / "policy")
-        self.tokenizer.save_pretrained(d / "policy")
+        with self.strategy.full_params():  # under ZeRO-3 the weights are whole only inside this context
+            if self.rank == 0:
+                self.model.save_pretrained(d / ("adapter" if self.lora else "policy"))  # a PeftModel writes adapters only
+                self.tokenizer.save_pretrained(d / ("adapter" if self.lora else "policy"))
+        extra = self.strategy.save(d)
         torch.save(
-            {
-                "optimizer": self.optimizer.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "generator": self.generator.get_state(),
-                "version": self.version,
-            },
-            d / "learner.pt",
+            {**extra, "torch_rng": torch.get_rng_state(), "generator": self.generator.get_state(), "version": self.version},
+            d / ("learner.pt" if self.rank == 0 else f"learner_rank{self.rank}.pt"),
         )
 
     def load(self, directory: str) -> int:
         d = Path(directory)
-        # through from_pretrained, so HF's on-disk layout (e.g. per-expert MoE weights) maps back
-        saved = load_policy(d / "policy")
-        self.model.load_state_dict(saved.state_dict(), strict=True)  # copies onto self.device
-        del saved
-        extra = torch.load(d / "learner.pt", weights_only=False, map_location="cpu")  # optimizer state follows the params
-        self.optimizer.load_state_dict(extra["optimizer"])
+        extra = torch.load(d / ("learner.pt" if self.rank == 0 else f"learner_rank{self.rank}.pt"), weights_only=False,
+                           map_location="cpu")
+        if isinstance(self.strategy, DeepSpeedStrategy):
+            self.strategy.load(d, extra)  # weights (trainable ones under LoRA) and optimizer partitions
+        else:
+            if self.lora:
+                load_adapter(self.model, d / "adapter")
+            else:
+                # through from_pretrained, so HF's on-disk layout (e.g. per-expert MoE weights) maps back
+                saved = load_policy(d / "policy")
+                self.model.load_state_dict(saved.state_dict(), strict=True)  # copies onto self.device
+                del saved
+            self.strategy.load(d, extra)  # optimizer state follows the params
         torch.set_rng_state(extra["torch_rng"])
         self.generator.set_state(extra["generator"])
         self.version = extra["version"]

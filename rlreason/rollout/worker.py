@@ -91,3 +91,8 @@ class RolloutWorker:
 
     def ping(self) -> int:
         return self.weights_version
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()

@@ -1,0 +1,107 @@
+"""Integration: DeepSpeed ZeRO learners as Ray actors against the single learner, and a rollout worker
+killed mid-run."""
+
+import dataclasses
+
+import pytest
+import ray
+import torch
+
+from rlreason.config import AlgoConfig, LearnerConfig
+from rlreason.learner.learner import Learner
+from rlreason.rollout.worker import RolloutWorker
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def batch(tiny_policy):
+    worker = RolloutWorker("hf", tiny_policy, threads=1)
+    # 5 prompts x 4: 20 sequences in 3 mini-batches of 7, 7, 6 (odd shares per rank)
+    b, _ = worker.generate(["1+2=", "10-3+4=", "7+7-1=", "5+5=", "9-2="], 0, 4, 12, 1.0, 1.0, seed=0)
+    b.rewards = torch.tensor([1.0, 0, 0, 1, 0, 1, 1, 1, 0, 0, 0, 1, 1, 0, 1, 0, 0, 0, 0, 1])
+    return b
+
+
+@pytest.mark.parametrize("stage,algo", [(2, AlgoConfig()), (3, AlgoConfig(kl_coef=0.05, loss_agg="token-mean"))])
+def test_deepspeed_two_actors_match_the_single_learner(ray_local, tiny_policy, batch, stage, algo):
+    cfg = LearnerConfig(lr=1e-3, mini_batches=3, threads=1, grad_clip=0.5)
+    single = Learner(tiny_policy, cfg, algo, 1.0, 12, seed=0)
+    want = [single.train_step(batch) for _ in range(2)]
+    want_w = single.get_weights()
+
+    # ZeRO-3 with every parameter partitioned (DeepSpeed keeps small ones whole by default)
+    ds_cfg = dataclasses.replace(cfg, strategy="deepspeed", num_workers=2, zero_stage=stage,
+                                 deepspeed_config={"zero_optimization": {"stage3_param_persistence_threshold": 0}})
+    ranks = [ray.remote(num_cpus=1)(Learner).remote(tiny_policy, ds_cfg, algo, 1.0, 12, 0, None, None, r) for r in range(2)]
+    addr, port = ray.get(ranks[0].address.remote())
+    assert ray.get([r.connect.remote(addr, port) for r in ranks]) == [0, 1]
+    if stage == 3:  # the weights really are partitioned: a rank holds an empty local tensor
+        assert ray.get(ranks[1].local_param_numel.remote()) == 0
+    got = [ray.get([r.train_step.remote(batch) for r in ranks]) for _ in range(2)]
+    for w, (g0, g1) in zip(want, got):
+        for key in ("loss/policy", "loss/total", "grad_norm", "kl/ref", "clip/low_frac", "ratio/mean"):
+            assert g0[key] == pytest.approx(w[key], rel=1e-4, abs=1e-6), key
+            assert g1[key] == g0[key], key  # every rank reports the all-reduced value
+        assert g0["throughput/train_tokens_per_s"] > 0
+    w0, w1 = ray.get([r.get_weights.remote() for r in ranks])  # ZeRO-3: gathered for the sync
+    assert w1 is None and w0.keys() == want_w.keys()
+    init = Learner(tiny_policy, cfg, algo, 1.0, 12).get_weights()
+    assert max(float((want_w[k] - init[k]).abs().max()) for k in init) > 1e-3  # the 6 updates moved the weights
+    for k in want_w:
+        # equal up to float summation order: Adam (lr 1e-3) turns round-off in near-zero gradient
+        # coordinates into movement, so the bound is 2% of one step, and the mean difference is ~1e-8
+        diff = (w0[k] - want_w[k]).abs()
+        assert float(diff.max()) < 2e-5 and float(diff.mean()) < 2e-7, (k, float(diff.max()), float(diff.mean()))
+    for r in ranks:
+        ray.kill(r)
+
+
+def test_a_killed_rollout_worker_is_restarted_given_current_weights_and_the_run_finishes(ray_local, tmp_path):
+    import os
+    import signal
+
+    from conftest import read_metrics
+
+    from rlreason.run import compose
+    from rlreason.trainer import Trainer
+
+    cfg, _ = compose(["recipe=grpo", "scale=smoke", "total_steps=4", "eval_every=0", "telemetry.tensorboard=false",
+                      "telemetry.console=false", "learner.lr=1e-2", f"run_dir={tmp_path}"])
+    trainer = Trainer(cfg, tmp_path)
+    trainer.start()
+    worker = trainer.workers[0]
+    first_pid = ray.get(worker.pid.remote())
+    sync = trainer.sync_weights
+
+    def sync_then_kill(version, workers=None):
+        sync(version, workers)
+        if version == 2 and workers is None:  # after step 2's sync: the worker process dies, as on a lost node
+            os.kill(first_pid, signal.SIGKILL)
+
+    trainer.sync_weights = sync_then_kill
+    try:
+        summary = trainer.fit()
+        assert summary["steps"] == 4
+        steps = {m["step"]: m for m in read_metrics(tmp_path) if "reward/mean" in m}
+        assert sorted(steps) == [1, 2, 3, 4]
+        assert steps[2]["faults/rollout_recoveries"] == 0 and steps[3]["faults/rollout_recoveries"] == 1
+        assert steps[3]["rollout/weights_lag"] == 0  # step 3 was generated with step 2's weights, not the initial ones
+        assert ray.get(worker.pid.remote()) != first_pid
+        assert ray.get(worker.ping.remote()) == 4
+        # the restarted worker serves exactly the learner's weights
+        batch, _ = trainer.generate(["1+2=", "7-3="], seed=5)
+        mask = batch.response_mask.bool()
+        learner_lp = ray.get(trainer.learner.score_logprobs.remote(batch))
+        assert (learner_lp - batch.sampling_logprobs)[mask].abs().max() < 1e-4
+    finally:
+        trainer.close()
+        for actor in [*trainer.learners, *trainer.workers]:
+            ray.kill(actor)
