@@ -39,6 +39,13 @@ def _one_paragraph_error(proc):
         (["recipe=moe_r2", "model=smollm2"], ["moe.routing_replay=r2", "dense", "smollm2-moe"]),
         (["recipe=grpo", "moe.z_coef=-1"], ["moe.z_coef"]),
         (["recipe=grpo", "rollout.engine=vllm", "rollout.dtype=bf16"], ["rollout.dtype", "hf engine"]),
+        (["recipe=grpo", "learner.num_workers=2"], ["learner.num_workers=2", "learner.strategy=deepspeed"]),
+        (["recipe=grpo", "learner.strategy=fsdp"], ["learner.strategy='fsdp'", "single", "deepspeed"]),
+        (["recipe=grpo", "learner.strategy=deepspeed", "learner.zero_stage=1"], ["learner.zero_stage=1", "2, 3"]),
+        (["recipe=grpo", "model.lora.r=8", "learner.strategy=deepspeed", "learner.zero_stage=3"], ["model.lora.r", "zero_stage=2"]),
+        (["recipe=grpo", "trainer.off_policy_steps=2"], ["trainer.off_policy_steps=2", "0, 1"]),
+        (["recipe=grpo", "ray.placement=cluster"], ["ray.placement='cluster'", "pack", "spread"]),
+        (["recipe=grpo", "rollout.gpus=-2"], ["rollout.gpus=-2", "-1"]),
     ],
 )
 def test_user_mistakes_give_one_paragraph(args, expect):
@@ -112,3 +119,50 @@ def test_nonfinite_losses_stop_the_run_with_a_message_and_keep_the_checkpoint(tm
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(run_dir / "checkpoints" / "step_000002" / "policy")  # loads
+
+
+@pytest.mark.integration
+def test_learner_death_stops_the_run_with_a_message_and_the_checkpoint_intact(tmp_path):
+    """The learner process dies at step 3 (a user estimator exits it): exit 1, one line naming the
+    last checkpoint and how to resume; step 2's checkpoint is complete."""
+    (tmp_path / "dying_estimator.py").write_text(
+        "import os\n"
+        "from rlreason.algos.advantages import ESTIMATORS\n"
+        "def dies_late(batch, cfg, lt):\n"
+        "    if lt['progress'] > 0.5:\n"
+        "        os._exit(1)\n"
+        "    return ESTIMATORS['grpo'](batch, cfg, lt)\n"
+    )
+    run_dir = tmp_path / "run"
+    proc = run_cli(["recipe=grpo", "scale=smoke", "total_steps=4", "algo.estimator=dying_estimator:dies_late",
+                    "telemetry.tensorboard=false", f"run_dir={run_dir}"], cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    ckpt = run_dir / "checkpoints" / "step_000002"
+    line = [x for x in proc.stderr.splitlines() if x.startswith("rlreason:")]
+    assert len(line) == 1 and "training stopped at step 3" in line[0] and "learner actor died" in line[0], proc.stderr[-3000:]
+    assert f"the last checkpoint is {ckpt}" in line[0] and "resume=true" in line[0]
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["step_000002"]
+    assert {p.name for p in ckpt.iterdir()} == {"policy", "learner.pt", "trainer.json"}
+
+
+@pytest.mark.integration
+def test_lora_with_one_step_off_policy_runs_end_to_end(tmp_path):
+    """LoRA adapters trained with generation one step ahead: the batch of step t >= 2 was sampled by
+    the weights before step t-1's update, the learner sees that gap (kl/rollout_vs_train > 0) and the
+    IS correction weighs it; checkpoints hold the adapters only."""
+    run_dir = tmp_path / "run"
+    proc = run_cli(["recipe=grpo", "scale=smoke", "total_steps=3", "model.lora.r=8", "learner.lr=2e-2", "trainer.off_policy_steps=1",
+                    "algo.tis_mode=token", "reward.format_weight=0.5", "telemetry.tensorboard=false", f"run_dir={run_dir}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = {m["step"]: m for m in read_metrics(run_dir) if "reward/mean" in m}
+    assert [steps[s]["rollout/weights_lag"] for s in (1, 2, 3)] == [0, 1, 1]
+    assert steps[1]["kl/rollout_vs_train"] < 1e-9  # on-policy: the sampler's weights are the learner's
+    moved = [s for s in (2, 3) if steps[s - 1]["grad_norm"] > 0]
+    assert moved, "no update moved the adapters"
+    for s in moved:
+        assert steps[s]["kl/rollout_vs_train"] > 1e-9 and steps[s]["rollout_correction/weight_mean"] != 1.0
+    assert [m["step"] for m in read_metrics(run_dir) if "curriculum/consumed" in m] == [1, 2, 3]
+    assert [steps[s]["curriculum/consumed"] for s in (1, 2, 3)] == [4, 8, 12]
+    ckpt = run_dir / "checkpoints" / "step_000003"
+    assert {p.name for p in ckpt.iterdir()} == {"adapter", "learner.pt", "trainer.json"}
+    assert (ckpt / "adapter" / "adapter_config.json").exists()

@@ -43,6 +43,7 @@ def _plain(x):
 # warm start stays valid for runs that do not use them
 _NEUTRAL_TASK = {"levels": [], "path": None}
 _NEUTRAL_MODEL = {"arch": "qwen3_moe", "chat_template": False}
+_IGNORED_MODEL = ("lora",)  # RL-time options: the warm start trains the full base model either way
 
 
 def cache_key(model_cfg, task_cfg, ws_cfg, seed: int, vocab: dict) -> str:
@@ -53,7 +54,8 @@ def cache_key(model_cfg, task_cfg, ws_cfg, seed: int, vocab: dict) -> str:
     task = {k: v for k, v in _plain(task_cfg).items() if not (k in _NEUTRAL_TASK and v == _NEUTRAL_TASK[k])}
     blob = json.dumps(
         {
-            "model": {k: v for k, v in _plain(model_cfg).items() if not (k in _NEUTRAL_MODEL and v == _NEUTRAL_MODEL[k])},
+            "model": {k: v for k, v in _plain(model_cfg).items()
+                      if k not in _IGNORED_MODEL and not (k in _NEUTRAL_MODEL and v == _NEUTRAL_MODEL[k])},
             "task": task,
             "warmstart": ws,
             "seed": seed,
