@@ -7,8 +7,8 @@
 `rlreason/run.py` for `--steps` steps per arm, the arms alternating, `--repeats` times each. The
 off-policy arm adds `algo.tis_mode=token`. Reported: the median `timing/step_s` over steps 2.. (the
 first step has no overlap), the wall time of the training steps, and the ratio to the synchronous arm.
-Arms with `learner.threads=1 rollout.threads=1` show the overlap without the two actors fighting over
-the same 2 cores.
+Arms with `learner.threads=1 rollout.threads=1` pin the split of the 2 cores explicitly (`threads=0`
+splits the cores among the actors that compute at the same time).
 
 `deepspeed`: one rollout batch of that size (the cached warm-started tiny MoE, HF engine, random 0/1
 rewards so every group has a gradient) trained on by (a) the single learner with 2 threads, (b) 2
@@ -40,10 +40,11 @@ ASYNC_ARMS = {
 
 
 def run_async(args) -> None:
-    out: dict[str, list[dict]] = {arm: [] for arm in ASYNC_ARMS}
+    arms = {a: ASYNC_ARMS[a] for a in (args.arms.split(";") if args.arms else ASYNC_ARMS)}
+    out: dict[str, list[dict]] = {arm: [] for arm in arms}
     with tempfile.TemporaryDirectory(prefix="rlr-async-") as tmp:
         for r in range(args.repeats):
-            for arm, extra in ASYNC_ARMS.items():
+            for arm, extra in arms.items():
                 run_dir = Path(tmp) / f"{arm.replace(' ', '_').replace(',', '')}-{r}"
                 cmd = [sys.executable, str(ROOT / "rlreason" / "run.py"), "recipe=tempo", f"total_steps={args.steps}", "eval_every=0",
                        "checkpoint_every=0", "telemetry.tensorboard=false", "telemetry.console=false", f"run_dir={run_dir}", *extra]
@@ -117,7 +118,7 @@ def run_deepspeed(args) -> None:
         for r in ranks:
             ray.kill(r)
     ray.shutdown()
-    print(f"\n| learner | median train_step (s) | ratio to single | median get_weights (s) |\n|---|---|---|---|")
+    print("\n| learner | median train_step (s) | ratio to single | median get_weights (s) |\n|---|---|---|---|")
     for arm, t, s in rows:
         print(f"| {arm} | {t:.2f} | {t / rows[0][1]:.2f} | {s:.3f} |")
 
@@ -129,6 +130,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--policy", default=None)
     ap.add_argument("--mini-batches", type=int, default=1)
+    ap.add_argument("--arms", default="", help="async: ';'-separated arm names (default: all)")
     args = ap.parse_args()
     run_async(args) if args.what == "async" else run_deepspeed(args)
     return 0

@@ -108,7 +108,7 @@ class RolloutConfig:
     cpus: float = 1.0  # Ray CPUs reserved per rollout actor
     gpus: float = -1.0  # Ray GPUs per rollout actor; -1 = 1 if the cluster has GPUs, else 0 (0.5: share one with a learner)
     max_restarts: int = 3  # a rollout actor that dies is restarted this often, given current weights, and the step retried
-    threads: int = 0  # torch threads inside the actor; 0 = all cores of the node
+    threads: int = 0  # torch threads per rollout actor; 0 = the node's cores split among the actors computing at once
     vllm_kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE (whole GiB) on CPU
     vllm_gpu_memory_utilization: float = 0.3  # on CPU: the share of CPU memory; keep <= 0.3 there
     dtype: str = "fp32"  # hf engine weights: fp32 | bf16 (bf16 sampling as deployed engines do: a real train/rollout gap)
@@ -202,7 +202,7 @@ class LearnerConfig:
     ppo_epochs: int = 1
     cpus: float = 1.0  # Ray CPUs reserved per learner actor
     gpus: float = -1.0  # Ray GPUs per learner actor; -1 = 1 if the cluster has GPUs, else 0
-    threads: int = 0
+    threads: int = 0  # torch threads per learner actor; 0 = the node's cores split among the actors computing at once
     # single: one learner process | deepspeed: num_workers data-parallel actors under DeepSpeed ZeRO
     strategy: str = "single"
     num_workers: int = 1

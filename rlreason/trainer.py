@@ -355,7 +355,11 @@ class Trainer:
         """The learner actor(s) and rollout workers, with their Ray resources (`*.cpus`, `*.gpus`) and,
         with `ray.placement` other than none, in one placement group of that strategy."""
         cfg = self.cfg
-        threads = lambda n: n or os.cpu_count() or 1  # noqa: E731
+        # threads=0: the node's cores, split among the actors that compute at the same time (the learner
+        # ranks together; the rollout workers together; both at once with off_policy_steps=1), since
+        # torch's thread pools oversubscribed on shared cores slow each other down manyfold
+        share = (2 if cfg.trainer.off_policy_steps else 1)
+        threads = lambda n, actors: n or max(1, (os.cpu_count() or 1) // share // actors)  # noqa: E731
         from rlreason.policy import load_tokenizer
 
         self.tokenizer = load_tokenizer(self.policy_path)  # the policy's own: padding, chat template
@@ -370,7 +374,7 @@ class Trainer:
         env = {"runtime_env": {"env_vars": dict(QUIET_ENV)}}
         self.learners = [
             ray.remote(Learner).options(**learner_res, **env, **place(k), max_restarts=0).remote(
-                str(self.policy_path), _with_threads(cfg.learner, threads(cfg.learner.threads)), cfg.algo,
+                str(self.policy_path), _with_threads(cfg.learner, threads(cfg.learner.threads, L)), cfg.algo,
                 cfg.rollout.temperature, cfg.rollout.max_new_tokens, cfg.seed, cfg.moe, cfg.model.lora, k,
             )
             for k in range(L)
@@ -383,7 +387,7 @@ class Trainer:
         # weights); `generate` notices, gives it the current weights and retries
         self.workers = [
             ray.remote(RolloutWorker).options(**rollout_res, **env, **place(L + k), max_restarts=cfg.rollout.max_restarts).remote(
-                cfg.rollout.engine, str(self.policy_path), threads(cfg.rollout.threads), cfg.seed + k,
+                cfg.rollout.engine, str(self.policy_path), threads(cfg.rollout.threads, R), cfg.seed + k,
                 cfg.rollout.vllm_kv_cache_gib, cfg.rollout.vllm_gpu_memory_utilization, cfg.rollout.dtype,
             )
             for k in range(R)
