@@ -314,9 +314,14 @@ class Learner:
         weights = self.get_weights()
         if weights is None:
             return directory
-        if getattr(self._hf_model().config, "tie_word_embeddings", False) and "lm_head.weight" not in weights:
-            weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
-        self._hf_model().save_pretrained(directory, state_dict=weights)
+        hf = self._hf_model()
+        if getattr(hf.config, "tie_word_embeddings", False) and "lm_head.weight" not in weights:
+            emb = hf.get_input_embeddings()
+            name = next((n for n, m in hf.named_modules() if m is emb), None)
+            key = f"{name.replace('.base_layer', '')}.weight" if name is not None else None
+            if key in weights:
+                weights["lm_head.weight"] = weights[key]
+        hf.save_pretrained(directory, state_dict=weights)
         return directory
 
     # -- checkpoints -------------------------------------------------------------------------
