@@ -31,6 +31,16 @@ def tiny_policy(tmp_path_factory) -> str:
     return str(path)
 
 
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray cluster for one test module's actors (3 CPUs: room for 2 DeepSpeed ranks and a worker)."""
+    import ray
+
+    ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
 def run_cli(args, cwd=ROOT, timeout=600, env=None, **kw):
     """Run `python rlreason/run.py ARGS` as a user would; returns the CompletedProcess."""
     import subprocess

@@ -11,13 +11,6 @@ from rlreason.rollout.worker import RolloutWorker
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def test_weights_flow_learner_to_rollout_worker(ray_local, tiny_policy):
     learner = ray.remote(num_cpus=1)(Learner).remote(tiny_policy, LearnerConfig(lr=1e-2, threads=1), AlgoConfig(), 1.0, 12, 0)
     worker = ray.remote(num_cpus=1)(RolloutWorker).remote("hf", tiny_policy, 1)

@@ -15,13 +15,6 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def batch(tiny_policy):
     worker = RolloutWorker("hf", tiny_policy, threads=1)
     # 5 prompts x 4: 20 sequences in 3 mini-batches of 7, 7, 6 (odd shares per rank)

@@ -237,7 +237,7 @@ class Learner:
                 pg_tok = pg_tok * token_weights[local]
             pg_loss = (pg_tok * w).sum()
             loss = pg_loss
-            kl_loss = reg = torch.zeros((), device=self.device)
+            kl_loss = torch.zeros((), device=self.device)
             if ref_logp is not None:
                 kl_loss = (kl_k3(logp, ref_logp[local], a.kl_clamp) * w).sum()
                 loss = loss + a.kl_coef * kl_loss
