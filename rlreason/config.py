@@ -16,7 +16,8 @@ POLICY_LOSSES = ("ppo", "gspo", "gspo-token")
 ENGINES = ("hf", "vllm")
 DTYPES = ("fp32", "bf16")
 MODEL_KINDS = ("tiny_moe", "pretrained", "smollm2", "smollm2_moe")
-TASKS = ("arithmetic", "gsm8k")
+TASKS = ("arithmetic", "gsm8k", "jsonl", "reasoning_gym")
+ISOLATION = ("process", "inline")
 CURRICULA = ("uniform", "length_budget", "knapsack", "sec")
 STRATEGIES = ("single", "deepspeed")
 PLACEMENTS = ("none", "pack", "spread", "strict_pack")
@@ -59,7 +60,9 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    name: str = "arithmetic"  # arithmetic (procedural) | gsm8k (local JSONL folder at `path`, else the hub)
+    # arithmetic (procedural) | gsm8k (local JSONL folder at `path`, else the hub) | jsonl (any JSONL
+    # file at `path`, e.g. MedQA) | reasoning_gym (the generator `dataset`, scored by its own score_answer)
+    name: str = "arithmetic"
     num_terms: int = 3
     max_value: int = 9
     # difficulty levels for arithmetic: each problem draws its number of terms from this list and is
@@ -70,14 +73,38 @@ class TaskConfig:
     num_eval: int = 200
     eval_fraction: float = 0.1
     seed: int = 1234  # the data seed: fixed across run seeds so every run sees the same eval split
+    # jsonl: the fields of each row; the eval split is `eval_path`, else the last num_eval rows of `path`
+    eval_path: Optional[str] = None
+    prompt_key: str = "question"
+    answer_key: str = "answer"
+    options_key: Optional[str] = None  # multiple choice: a dict, a list or "A. ...\nB. ..." (MedQA)
+    dataset: str = "chain_sum"  # reasoning_gym: the generator's name
+    # a row without an answer, of the wrong type or with a gold answer the verifier cannot read:
+    # error = stop before training, naming file and row; skip = drop it, report it and count it
+    bad_rows: str = "error"
+
+
+@dataclass
+class VerifierEntry:
+    name: str = "math"  # a registered name, an entry point (group rlreason.verifiers) or module:attr
+    weight: float = 1.0
+    args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the function / constructor
+    timeout_s: Optional[float] = None  # per call; None: reward.timeout_s
+    accuracy: bool = False  # this verifier's score is accuracy/train and eval (default: the first entry)
 
 
 @dataclass
 class RewardConfig:
     verifier: str = "math"  # correctness verifier (registry name or module:function); defines accuracy
     format_weight: float = 0.0  # weight of the `format` verifier added to the reward
-    timeout_s: float = 5.0  # per-call timeout; a timeout scores 0 and counts in verifier/timeout_rate
+    # several verifiers, reward = sum of weight * score; when set, replaces verifier/format_weight
+    verifiers: list[VerifierEntry] = field(default_factory=list)
+    timeout_s: float = 5.0  # per-call wall clock; a timeout scores 0 and counts in verifier/timeout_rate
+    cpu_limit_s: float = 0.0  # per-call CPU time (0: timeout_s); an overrun counts as a timeout
+    memory_limit_mb: int = 4096  # address-space limit of each verifier process (0: none)
     num_workers: int = 2  # verifier processes
+    async_concurrency: int = 16  # completions one worker awaits at once for an async verifier
+    isolation: str = "process"  # process: the sandboxed pool | inline: call in the trainer (trusted verifiers only)
 
 
 @dataclass
@@ -336,6 +363,24 @@ def validate(cfg) -> None:
             raise ConfigError(
                 f"task.path={cfg.task.path} lacks {' and '.join(missing)} (task=gsm8k reads <path>/train.jsonl and test.jsonl)."
             )
+    if cfg.task.name == "jsonl":
+        from rlreason.data.tasks import data_file
+
+        for key in ("path", "eval_path"):
+            value = getattr(cfg.task, key)
+            try:
+                found = bool(value) and data_file(value).is_file()
+            except FileNotFoundError:
+                found = False
+            if (key == "path" or value) and not found:
+                raise ConfigError(f"task.{key}={value} is not a file (task=jsonl reads JSON lines from task.path, eval rows "
+                                  f"from task.eval_path or the last task.num_eval rows of task.path).")
+    if cfg.task.name == "reasoning_gym":
+        import reasoning_gym
+
+        names = sorted(reasoning_gym.factory.DATASETS)
+        if cfg.task.dataset not in names:
+            raise ConfigError(f"task.dataset={cfg.task.dataset!r} is not a reasoning-gym dataset; choose one of: {', '.join(names)}.")
     for level in cfg.task.levels:
         if level < 2:
             raise ConfigError(f"task.levels={list(cfg.task.levels)}: every level (number of terms) must be >= 2.")
@@ -406,12 +451,34 @@ def validate(cfg) -> None:
             f"learner.mini_batches={cfg.learner.mini_batches} exceeds the batch of "
             f"rollout.prompts_per_step x rollout.group_size = {cfg.rollout.prompts_per_step * cfg.rollout.group_size} responses."
         )
-    from rewards import VerifierNotFound, resolve
+    _check_reward(cfg)
 
-    try:
-        resolve(cfg.reward.verifier)
-    except VerifierNotFound as e:
-        raise ConfigError(f"reward.verifier: {e}") from None
+
+def _check_reward(cfg) -> None:
+    from rewards import VerifierNotFound, load
+
+    r = cfg.reward
+    _choice("reward.isolation", r.isolation, ISOLATION)
+    _choice("task.bad_rows", cfg.task.bad_rows, ("error", "skip"))
+    for path in ("reward.cpu_limit_s", "reward.memory_limit_mb"):
+        _positive(path, _get(cfg, path), allow_zero=True)
+    _positive("reward.async_concurrency", r.async_concurrency)
+    if r.memory_limit_mb and r.memory_limit_mb < 256:
+        raise ConfigError(f"reward.memory_limit_mb={r.memory_limit_mb} is too small for a Python process; use >= 256 or 0 (no limit).")
+    entries = list(r.verifiers) or [VerifierEntry(r.verifier)]
+    names = [e.name for e in entries]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"reward.verifiers names {names} repeat; each verifier may appear once.")
+    if sum(bool(e.accuracy) for e in entries) > 1:
+        raise ConfigError("reward.verifiers: at most one entry may set accuracy: true.")
+    for i, e in enumerate(entries):
+        where = f"reward.verifiers[{i}]" if r.verifiers else "reward.verifier"
+        if e.timeout_s is not None:
+            _positive(f"{where}.timeout_s", e.timeout_s)
+        try:
+            load(e.name, dict(e.args))
+        except VerifierNotFound as err:
+            raise ConfigError(f"{where}: {err}") from None
 
 
 def _check_curriculum(cfg) -> None:

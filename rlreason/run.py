@@ -307,9 +307,14 @@ def main(argv: list[str]) -> int:
 
     import ray
 
+    from rlreason.data.tasks import DataError
     from rlreason.trainer import LearnerDied, Trainer
 
-    trainer = Trainer(cfg, run_dir)
+    try:
+        trainer = Trainer(cfg, run_dir)
+    except DataError as e:
+        print(f"rlreason: data error: {e}", file=sys.stderr, flush=True)
+        return 2
     init_ray(cfg)
     try:
         trainer.start()

@@ -17,8 +17,7 @@ import numpy as np
 import ray
 import torch
 
-from rewards import import_path
-from rewards.pool import VerifierPool
+from rewards.pool import InlineRunner, Job, VerifierPool
 from rlreason import QUIET_ENV
 from rlreason.batch import RolloutBatch
 from rlreason.data.sampler import PromptSampler, indices_digest
@@ -37,7 +36,15 @@ class Trainer:
         self.ckpt_root = self.run_dir / "checkpoints"
         from curricula.strategies import build_curriculum
 
-        self.train, self.evals = load_task(cfg.task)
+        self.reward_plan = RewardPlan.from_config(cfg)
+        self.bad_rows: list = []
+        self.train, self.evals = load_task(cfg.task, self.reward_plan.validators(), self.bad_rows)
+        if self.bad_rows:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.run_dir / "bad_rows.jsonl", "w") as f:
+                for b in self.bad_rows:
+                    f.write(json.dumps({"file": b.file, "row": b.row, "reason": b.reason}) + "\n")
+            log.warning("task.bad_rows=skip: %d bad rows skipped, listed in %s", len(self.bad_rows), self.run_dir / "bad_rows.jsonl")
         self.sampler = PromptSampler(len(self.train), cfg.rollout.prompts_per_step, seed=cfg.seed)
         self.curriculum = build_curriculum(cfg, self.sampler, self.train)
         self.start_step = 0
@@ -53,7 +60,12 @@ class Trainer:
         if cfg.resume and resume_dir is None:
             log.warning("resume=true but %s holds no checkpoint: starting from step 0", self.ckpt_root)
         self._start_actors()
-        self.pool = VerifierPool(cfg.reward.num_workers, cfg.reward.timeout_s)
+        r = cfg.reward
+        if r.isolation == "inline":
+            self.pool = InlineRunner(r.timeout_s, r.async_concurrency)
+        else:
+            self.pool = VerifierPool(r.num_workers, r.timeout_s, memory_limit_mb=r.memory_limit_mb, cpu_limit_s=r.cpu_limit_s,
+                                     async_concurrency=r.async_concurrency)
         if resume_dir is not None:
             self._load_checkpoint(resume_dir)
         sinks = [JSONLSink(self.run_dir / "metrics.jsonl", keep_through_step=self.start_step if cfg.resume else None)]
@@ -249,21 +261,28 @@ class Trainer:
         return batch, texts
 
     def score(self, batch: RolloutBatch, texts: list[str], samples: list[dict], budget: int | None = None) -> dict:
-        """Verify every response; the reward is the curriculum's shaping of the scores, or by default
-        correct + reward.format_weight * format (+ DAPO's overlong penalty when on)."""
-        r = self.cfg.reward
+        """Verify every response with every verifier of the reward plan. The reward is the weighted
+        sum of their scores; a curriculum that shapes rewards (the length budget) replaces the
+        accuracy and format terms with its own, and the other verifiers' terms are added to it.
+        DAPO's overlong penalty is added when on."""
+        plan = self.reward_plan
         shaped = budget is not None  # the length-budget reward has its own format term
-        with_format = bool(r.format_weight) or shaped
-        tasks = [(self.correct_spec, t, s) for t, s in zip(texts, samples)]
-        if with_format:
-            tasks += [(self.format_spec, t, s) for t, s in zip(texts, samples)]
-        results = self.pool.run(tasks)
+        entries = plan.entries + ([plan.format_entry] if shaped and plan.format_entry not in plan.entries else [])
+        jobs = [Job(e.name, texts, samples, dict(e.args), e.timeout_s) for e in entries]
+        t0 = time.perf_counter()
+        results = dict(zip((e.name for e in entries), self.pool.score(jobs)))
+        t_verify = time.perf_counter() - t0
+        scores = {name: torch.tensor([x.score for x in res], dtype=torch.float32) for name, res in results.items()}
         n = len(texts)
-        correct = torch.tensor([res.score for res in results[:n]], dtype=torch.float32)
-        fmt = torch.tensor([res.score for res in results[n:]], dtype=torch.float32) if with_format else torch.zeros(n)
-        rewards = self.curriculum.shape_rewards(correct, fmt, batch.response_mask.sum(-1), budget)
+        correct = scores[plan.accuracy.name]
+        rewards = None
+        if shaped:
+            rewards = self.curriculum.shape_rewards(correct, scores[plan.format_entry.name], batch.response_mask.sum(-1), budget)
         if rewards is None:
-            rewards = correct + r.format_weight * fmt
+            rewards = sum(e.weight * scores[e.name] for e in plan.entries)
+        else:
+            rewards = rewards + sum((e.weight * scores[e.name] for e in plan.entries
+                                     if e is not plan.accuracy and e.name != plan.format_entry.name), torch.zeros(n))
         if self.cfg.algo.overlong_shaping:
             from rlreason.algos.shaping import overlong_penalty
 
@@ -276,8 +295,9 @@ class Trainer:
             "reward/nonzero_grad_sample_frac": nonzero_grad_sample_frac(rewards, batch.group_index),
             **pass_rate_histogram(correct, batch.group_index),
             "accuracy/train": float(correct.mean()),
-            "verifier/timeout_rate": sum(res.status == "timeout" for res in results) / len(results),
-            "verifier/error_rate": sum(res.status == "error" for res in results) / len(results),
+            **{f"reward/{name}/mean": float(v.mean()) for name, v in scores.items()},
+            **verifier_metrics(results, self.pool, t_verify),
+            "data/bad_rows": len(self.bad_rows),
         }
 
     def sync_weights(self, version: int, workers: list | None = None) -> None:
@@ -320,7 +340,8 @@ class Trainer:
         prompts = [self.prompt_text(p, budget) for p in self.evals]
         batch, texts = self.generate(prompts, seed=0, greedy=True, max_new_tokens=max_new)
         self.eval_length = float(batch.response_mask.sum(-1).float().mean())
-        results = self.pool.run([(self.correct_spec, t, p.as_sample()) for t, p in zip(texts, self.evals)])
+        acc = self.reward_plan.accuracy
+        results = self.pool.score([Job(acc.name, texts, [p.as_sample() for p in self.evals], dict(acc.args), acc.timeout_s)])[0]
         return sum(r.score for r in results) / len(results)
 
     # -- set-up -----------------------------------------------------------------------------------
@@ -396,8 +417,6 @@ class Trainer:
         self.rollout_restarts = 0
         self.learners_call("get_weights")
         ray.get([w.ping.remote() for w in self.workers])
-        self.correct_spec = import_path(cfg.reward.verifier)
-        self.format_spec = import_path("format")
 
     def learners_call(self, method: str, *args):
         """Call `method` on every learner rank (DeepSpeed steps and ZeRO-3 gathers are collectives) and
@@ -477,6 +496,62 @@ class Trainer:
         for part in ("telemetry", "pool"):
             if hasattr(self, part):
                 getattr(self, part).close()
+
+
+class RewardPlan:
+    """Which verifiers score a response, with what weight, and which one is accuracy.
+
+    ``reward.verifiers`` when given; else ``reward.verifier`` (weight 1, accuracy) plus ``format``
+    with ``reward.format_weight`` when that is non-zero."""
+
+    def __init__(self, entries: list, accuracy_index: int):
+        from rlreason.config import VerifierEntry
+
+        self.entries = entries
+        self.accuracy = entries[accuracy_index]
+        named = [e for e in entries if e.name == "format"]
+        self.format_entry = named[0] if named else VerifierEntry("format", weight=0.0)
+
+    @classmethod
+    def from_config(cls, cfg) -> "RewardPlan":
+        from rlreason.config import VerifierEntry
+
+        r = cfg.reward
+        if r.verifiers:
+            entries = list(r.verifiers)
+            marked = [i for i, e in enumerate(entries) if e.accuracy]
+            return cls(entries, marked[0] if marked else 0)
+        entries = [VerifierEntry(r.verifier, 1.0, accuracy=True)]
+        if r.format_weight:
+            entries.append(VerifierEntry("format", r.format_weight))
+        return cls(entries, 0)
+
+    def validators(self) -> list:
+        """The verifiers' ``validate(sample)`` functions, for checking data rows as they load."""
+        from rewards import load
+
+        found = (load(e.name, dict(e.args)).validate for e in self.entries)
+        return [v for v in found if v is not None]
+
+
+def verifier_metrics(results: dict, pool, seconds: float) -> dict:
+    """Timeouts, errors and latency of one scoring round, overall and per verifier."""
+    flat = [x for res in results.values() for x in res]
+    lat = sorted(x.latency_s for x in flat)
+    out = {
+        "verifier/timeout_rate": sum(x.status == "timeout" for x in flat) / max(len(flat), 1),
+        "verifier/error_rate": sum(x.status == "error" for x in flat) / max(len(flat), 1),
+        "verifier/latency_mean_s": sum(lat) / max(len(lat), 1),
+        "verifier/latency_p95_s": lat[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else 0.0,
+        "verifier/latency_max_s": lat[-1] if lat else 0.0,
+        "verifier/restarts": pool.restarts,
+        "throughput/verifier_per_s": len(flat) / max(seconds, 1e-9),
+    }
+    if len(results) > 1:
+        for name, res in results.items():
+            out[f"verifier/{name}/timeout_rate"] = sum(x.status == "timeout" for x in res) / max(len(res), 1)
+            out[f"verifier/{name}/error_rate"] = sum(x.status == "error" for x in res) / max(len(res), 1)
+    return out
 
 
 def zero_std_group_frac(rewards: torch.Tensor, group_index: torch.Tensor) -> float:

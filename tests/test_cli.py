@@ -1,7 +1,7 @@
 """The entry point as a user runs it: config errors, and end-to-end smoke runs of rlreason/run.py."""
 
 import pytest
-from conftest import read_metrics, run_cli
+from conftest import ROOT, read_metrics, run_cli
 
 REQUIRED_KEYS = {
     "step", "reward/mean", "reward/std", "accuracy/train", "response_length/mean", "loss/policy", "kl/ref",
@@ -11,10 +11,11 @@ REQUIRED_KEYS = {
 }
 
 
-def _one_paragraph_error(proc):
+def _one_paragraph_error(proc, stdout_ok=False):
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
-    assert "run_dir" not in proc.stdout  # failed before anything started
+    if not stdout_ok:
+        assert "run_dir" not in proc.stdout  # failed before anything started
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
     return lines[0]
@@ -166,3 +167,64 @@ def test_lora_with_one_step_off_policy_runs_end_to_end(tmp_path):
     ckpt = run_dir / "checkpoints" / "step_000003"
     assert {p.name for p in ckpt.iterdir()} == {"adapter", "learner.pt", "trainer.json"}
     assert (ckpt / "adapter" / "adapter_config.json").exists()
+
+
+def _readme_block(marker: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    after = text.split(f"<!-- verifier-example: {marker} -->", 1)[1]
+    return after.split("```", 2)[1].split("\n", 1)[1]
+
+
+@pytest.mark.integration
+def test_readme_verifier_example_runs_from_a_module_outside_the_package(tmp_path):
+    """The README's `my_team/verifiers.py` and command, run from a directory outside the checkout:
+    a plain function, a class with args, an async and a batched verifier, weighted with `math`."""
+    import shlex
+
+    (tmp_path / "my_team").mkdir()
+    (tmp_path / "my_team" / "verifiers.py").write_text(_readme_block("module"))
+    command = shlex.split(_readme_block("command").strip())
+    assert command[:2] == ["python", "rlreason/run.py"]
+    run_dir = tmp_path / "run"
+    proc = run_cli([*command[2:], f"run_dir={run_dir}", "telemetry.tensorboard=false"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = [m for m in read_metrics(run_dir) if "reward/mean" in m]
+    assert [m["step"] for m in steps] == [1, 2]
+    names = ["math", "my_team.verifiers:brevity", "my_team.verifiers:ShowsWork", "my_team.verifiers:judge",
+             "my_team.verifiers:distinct"]
+    weights = [1.0, 0.1, 0.2, 0.5, 0.1]
+    for m in steps:
+        assert m["verifier/timeout_rate"] == 0.0 and m["verifier/error_rate"] == 0.0
+        means = [m[f"reward/{n}/mean"] for n in names]
+        assert all(0.0 <= x <= 1.0 for x in means)
+        assert m["reward/mean"] == pytest.approx(sum(w * x for w, x in zip(weights, means)), abs=1e-5)
+        assert m["accuracy/train"] == m["reward/math/mean"]  # the first entry is accuracy
+        assert m["verifier/latency_max_s"] > 0 and m["verifier/restarts"] == 0
+        assert m["verifier/my_team.verifiers:judge/error_rate"] == 0.0
+    # the user's verifiers did run and see the data: brevity and ShowsWork disagree somewhere
+    assert any(m["reward/my_team.verifiers:brevity/mean"] != m["reward/my_team.verifiers:ShowsWork/mean"] for m in steps)
+
+
+def test_bad_data_row_stops_the_run_with_file_and_row(tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"question": "1+1=", "answer": "2"}\n{"question": "2+2="}\n' * 3)
+    line = _one_paragraph_error(run_cli(["recipe=grpo", "task.name=jsonl", f"task.path={data}", "task.num_eval=1",
+                                         f"run_dir={tmp_path / 'run'}"], timeout=120), stdout_ok=True)
+    assert line.startswith(f"rlreason: data error: {data}:2: missing field 'answer'") and "task.bad_rows=skip" in line
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["reward.verifiers=[{name: maths}]"], ["reward.verifiers[0]", "maths", "registered verifiers"]),
+    (["reward.verifiers=[{name: regex, args: {patern: x}}]"], ["reward.verifiers[0]", "patern"]),
+    (["reward.verifiers=[{name: math}, {name: math}]"], ["repeat"]),
+    (["reward.verifiers=[{name: math, accuracy: true}, {name: format, accuracy: true}]"], ["at most one"]),
+    (["reward.isolation=none"], ["reward.isolation='none'", "process", "inline"]),
+    (["task.bad_rows=ignore"], ["task.bad_rows='ignore'", "error", "skip"]),
+    (["task.name=reasoning_gym", "task.dataset=chain_summ"], ["task.dataset='chain_summ'", "chain_sum"]),
+    (["task.name=jsonl", "task.path=/nonexistent.jsonl"], ["task.path=/nonexistent.jsonl", "not a file"]),
+])
+def test_verifier_and_data_config_errors(args, expect):
+    line = _one_paragraph_error(run_cli(["recipe=grpo", *args], timeout=120))
+    for fragment in expect:
+        assert fragment in line, line

@@ -5,7 +5,7 @@ import pytest
 from rewards import VerifierNotFound, VerifierResult, import_path, register, registry_names, resolve, to_score
 from rewards.format import format_verifier
 from rewards.math import extract_answer, math_verifier
-from rewards.pool import VerifierPool
+from rewards.pool import InlineRunner, Job, VerifierPool
 
 
 @pytest.mark.parametrize(
@@ -87,3 +87,44 @@ def test_pool_contains_hanging_raising_and_dying_verifiers():
         # the pool still works after replacing workers
         again = pool.run([("math", "#3", sample)] * 4)
         assert [r.score for r in again] == [1.0] * 4
+
+
+def test_pool_batches_a_batched_verifier():
+    completions = ["a" * k for k in range(1, 8)]
+    with VerifierPool(num_workers=2, timeout_s=10) as pool:
+        res = pool.score([Job("tests.verifiers_fixture:length_batch", completions, [{}] * 7)])[0]
+    assert [r.score for r in res] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+    assert [r.extras["batch"] for r in res] == [3, 3, 3, 3, 3, 3, 1]  # batch_size=3: three calls
+    assert pool.calls == 3 and all(r.status == "ok" for r in res)
+
+
+def test_pool_awaits_async_verifiers_together_with_a_timeout_each():
+    samples = [{"answer": "3", "wait": 0.3} for _ in range(6)] + [{"answer": "3", "wait": 60}]
+    completions = ["#3"] * 5 + ["#4", "#3"]
+    with VerifierPool(num_workers=1, timeout_s=2, async_concurrency=8) as pool:
+        res = pool.score([Job("tests.verifiers_fixture:slow_async", completions, samples)])[0]
+        assert [r.status for r in res] == ["ok"] * 6 + ["timeout"]
+        assert [r.score for r in res] == [1.0] * 5 + [0.0, 0.0]
+        assert "TimeoutError" in res[6].error
+        assert pool.restarts == 0 and pool.calls == 1  # one chunk of 7, awaited together; the worker survives
+        # the same through the inline runner (no process): identical scores and statuses
+        inline = InlineRunner(timeout_s=2, async_concurrency=8).score([Job("tests.verifiers_fixture:slow_async", completions, samples)])[0]
+        assert [(r.score, r.status) for r in inline] == [(r.score, r.status) for r in res]
+
+
+def test_pool_cpu_limit_stops_a_spinning_verifier_that_swallows_exceptions():
+    with VerifierPool(num_workers=1, timeout_s=120, cpu_limit_s=1) as pool:
+        pid = pool.pids()[0]
+        res = pool.run([("tests.verifiers_fixture:spin", "x", {}), ("math", "#3", {"answer": "3"})])
+        assert [r.status for r in res] == ["timeout", "ok"]
+        assert "CPU time limit" in res[0].error and res[0].score == 0.0
+        assert pool.restarts == 0 and pool.pids() == [pid]  # the signal, not the wall clock, ended the call
+
+
+def test_pool_memory_limit_fails_the_call_and_replaces_the_worker():
+    with VerifierPool(num_workers=1, timeout_s=60, memory_limit_mb=512) as pool:
+        pid = pool.pids()[0]
+        res = pool.run([("tests.verifiers_fixture:hog", "x", {})])
+        assert res[0].status == "error" and res[0].error.startswith("MemoryError")
+        assert pool.restarts == 1 and pool.pids() != [pid]
+        assert [r.score for r in pool.run([("math", "#3", {"answer": "3"})] * 2)] == [1.0, 1.0]

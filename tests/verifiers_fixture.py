@@ -1,9 +1,11 @@
 """Verifiers that misbehave on purpose, for the containment tests (imported by the verifier pool)."""
 
+import asyncio
 import os
 import time
 import zlib
 
+from rewards import VerifierResult, batched
 from rewards.math import math_verifier
 
 
@@ -32,3 +34,46 @@ def flaky(completion: str, sample: dict) -> float:
     if kind == 1:
         boom(completion, sample)
     return math_verifier(completion, sample).score
+
+
+class Threshold:
+    """A class verifier with constructor arguments: 1.0 when the number after '#' is >= `at`."""
+
+    def __init__(self, at: int = 0):
+        self.at = at
+
+    def __call__(self, completion: str, sample: dict) -> float:
+        return 1.0 if int(completion.rsplit("#", 1)[1]) >= self.at else 0.0
+
+
+@batched(batch_size=3)
+def length_batch(completions: list[str], samples: list[dict]) -> list[float]:
+    """Batched: one call scores up to 3 completions; records the batch sizes it saw in the extras."""
+    return [VerifierResult(float(len(c)), {"batch": len(completions), "pid": os.getpid()}) for c in completions]
+
+
+async def slow_async(completion: str, sample: dict) -> float:
+    """Async: waits `sample["wait"]` seconds (a remote judge's latency), then checks the answer."""
+    await asyncio.sleep(sample.get("wait", 0.5))
+    return math_verifier(completion, sample).score
+
+
+def spin(completion: str, sample: dict) -> float:
+    """Burns CPU forever, inside a broad except that a CPU-limit signal must still get through."""
+    try:
+        x = 0
+        while True:
+            x += 1
+    except Exception:  # noqa: BLE001 - the point: a verifier that swallows exceptions
+        return 1.0
+
+
+def hog(completion: str, sample: dict) -> float:
+    """Allocates without bound: a memory limit must stop it."""
+    blocks = []
+    while True:
+        blocks.append(bytearray(64 * 2**20))
+
+
+def pid(completion: str, sample: dict):
+    return VerifierResult(1.0, {"pid": os.getpid()})

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class Problem:
     solution: str
     answer: str
     category: str = ""  # a difficulty level or task type, for curricula that choose among them
+    meta: dict | None = field(default=None, compare=False, hash=False)  # more sample fields (options, rg_entry)
 
     @property
     def direct_solution(self) -> str:
@@ -34,7 +35,7 @@ class Problem:
         return f"#{self.answer}"
 
     def as_sample(self) -> dict:
-        return {"prompt": self.prompt, "answer": self.answer, "solution": self.solution}
+        return {"prompt": self.prompt, "answer": self.answer, "solution": self.solution, **(self.meta or {})}
 
 
 def make_problem(rng: random.Random, num_terms: int, max_value: int) -> Problem:
