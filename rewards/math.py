@@ -10,6 +10,8 @@ extras say how it was decided.
 
 from __future__ import annotations
 
+import math_verify  # noqa: F401  (imported with the verifier, so a worker's first call does not pay for it)
+
 from rewards import VerifierResult
 from rewards.answers import check_math_gold, extract_answer, math_equal
 

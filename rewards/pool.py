@@ -24,6 +24,7 @@ trusted verifiers (``reward.isolation=inline``) and for measuring what the isola
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import multiprocessing as mp
@@ -38,6 +39,8 @@ from multiprocessing.connection import wait
 
 log = logging.getLogger(__name__)
 ASYNC_GRACE_S = 2.0  # an async chunk's deadline is its per-item timeout plus this
+MAX_STREAM_CHUNK = 32  # completions of a plain verifier sent to a worker in one message
+LOAD_TIMEOUT_S = 120.0  # a fresh worker's start, the verifier's import and construction (before any call's clock)
 
 
 @dataclass
@@ -147,32 +150,47 @@ def _worker_main(conn, sys_path: list[str], memory_limit_mb: int, cpu_limit_s: f
             return
         if msg is None:
             return
-        task_id, spec, args_json, items, timeout_s = msg
-        t0 = time.perf_counter()
-        retire = False
-        try:
-            if cpu_limit_s > 0:
-                usage = resource.getrusage(resource.RUSAGE_SELF)
-                soft = int(usage.ru_utime + usage.ru_stime + cpu_limit_s) + 1
-                resource.setrlimit(resource.RLIMIT_CPU, (soft, cpu_hard))
-            key = (spec, args_json)
-            if key not in cache:
+        task_id, spec, args_json, items, timeout_s, stream = msg
+        key = (spec, args_json)
+        if key not in cache:  # import and construct outside any call's deadline, then say so
+            try:
                 cache[key] = load(spec, json.loads(args_json))
-            out = execute(cache[key], items, timeout_s)
-        except MemoryError as e:
-            out, retire = [_failure(e)] * len(items), True
-        except (Exception, CpuLimitExceeded) as e:  # noqa: BLE001 - loading the verifier failed
-            out = [_failure(e)] * len(items)
-        finally:
-            if cpu_limit_s > 0:
-                resource.setrlimit(resource.RLIMIT_CPU, (cpu_hard, cpu_hard))
-        retire = retire or any(r[3] and r[3].startswith("MemoryError") for r in out)
-        try:
-            conn.send((task_id, out, time.perf_counter() - t0, retire))
-        except MemoryError:
-            return
-        if retire:  # memory may be fragmented or a verifier's state half-built: start clean
-            return
+            except BaseException as e:  # noqa: BLE001 - a broken verifier module may raise anything
+                conn.send((task_id, 0, [_failure(e)] * len(items), 0.0, isinstance(e, MemoryError)))
+                continue
+            conn.send((task_id, -1, [], 0.0, False))
+        # a streamed chunk is one call per item, each answered as soon as it is done; otherwise the
+        # chunk is one call (batched, or async completions awaited together)
+        units = [[it] for it in items] if stream else [items]
+        k = 0
+        for unit in units:
+            t0 = time.perf_counter()
+            out, retire = _call(cache[key], unit, timeout_s, cpu_limit_s, cpu_hard)
+            try:
+                conn.send((task_id, k, out, time.perf_counter() - t0, retire))
+            except MemoryError:
+                return
+            if retire:  # memory may be fragmented or a verifier's state half-built: start clean
+                return
+            k += len(unit)
+
+
+def _call(loaded, items, timeout_s, cpu_limit_s, cpu_hard) -> tuple[list, bool]:
+    retire = False
+    try:
+        if cpu_limit_s > 0:
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            soft = int(usage.ru_utime + usage.ru_stime + cpu_limit_s) + 1
+            resource.setrlimit(resource.RLIMIT_CPU, (soft, cpu_hard))
+        out = execute(loaded, items, timeout_s)
+    except MemoryError as e:
+        out, retire = [_failure(e)] * len(items), True
+    except (Exception, CpuLimitExceeded) as e:  # noqa: BLE001
+        out = [_failure(e)] * len(items)
+    finally:
+        if cpu_limit_s > 0:
+            resource.setrlimit(resource.RLIMIT_CPU, (cpu_hard, cpu_hard))
+    return out, retire or any(r[3] and r[3].startswith("MemoryError") for r in out)
 
 
 class _Worker:
@@ -182,7 +200,8 @@ class _Worker:
         self.proc = ctx.Process(target=_worker_main, args=(child, list(sys.path), memory_limit_mb, cpu_limit_s), daemon=True)
         self.proc.start()
         child.close()
-        self.task = None  # (task_id, deadline)
+        self.task = None  # _InFlight while a call is out
+        self.loaded: set = set()  # (path, args_json) this worker has imported and constructed
 
     def kill(self) -> None:
         try:
@@ -192,9 +211,28 @@ class _Worker:
             self.conn.close()
 
 
-def _chunks(job: Job, loaded, async_concurrency: int) -> list[list[int]]:
+@dataclass
+class _Call:
+    ji: int  # job index
+    idx: list[int]  # the job's completions in this call (a streamed chunk: one call each)
+    path: str
+    args_json: str
+    timeout_s: float
+    stream: bool
+    deadline_s: float  # per answer the dispatcher waits for
+
+
+@dataclass
+class _InFlight:
+    call: _Call
+    next: int  # position in call.idx of the first completion not answered yet
+    deadline: float
+    started: float
+
+
+def _chunks(job: Job, loaded, async_concurrency: int, plain_chunk: int = 1) -> list[list[int]]:
     n = len(job.completions)
-    size = loaded.batch_size if loaded.batched else (async_concurrency if loaded.is_async else 1)
+    size = loaded.batch_size if loaded.batched else (async_concurrency if loaded.is_async else plain_chunk)
     return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
 
 
@@ -245,61 +283,83 @@ class VerifierPool(_Runner):
         return _Worker(self._ctx, self.memory_limit_mb, self.cpu_limit_s)
 
     def score(self, jobs: list[Job]) -> list[list[CallResult]]:
-        """Every job's results, in order; the calls of all jobs share the workers."""
-        results: list[list[CallResult | None]] = [[None] * len(j.completions) for j in jobs]
+        """Every job's results, in order; the calls of all jobs share the workers.
+
+        Plain verifiers travel in chunks of several completions to save round trips; the worker
+        still makes one call per completion and answers each at once, and each call gets its own
+        deadline (the previous answer's arrival plus the timeout). When a worker is killed or dies in
+        a chunk, the call in progress fails and the rest of the chunk is sent again."""
         from rewards import import_path
 
-        calls = []  # (job index, item indices, message without id, deadline seconds)
+        results: list[list[CallResult | None]] = [[None] * len(j.completions) for j in jobs]
+        calls: list[_Call] = []
+        n_plain = sum(len(j.completions) for j in jobs if not (self.describe(j.spec, j.args).batched or
+                                                               self.describe(j.spec, j.args).is_async))
+        plain_chunk = max(1, min(MAX_STREAM_CHUNK, -(-n_plain // (4 * len(self._workers)))))
         for ji, job in enumerate(jobs):
             loaded = self.describe(job.spec, job.args)
-            args_json = json.dumps(job.args, sort_keys=True)
+            stream = not (loaded.batched or loaded.is_async)
             timeout = job.timeout_s or self.timeout_s
-            path = import_path(job.spec)
-            for idx in _chunks(job, loaded, self.async_concurrency):
-                items = [(job.completions[i], job.samples[i]) for i in idx]
-                calls.append((ji, idx, (path, args_json, items, timeout), timeout + (ASYNC_GRACE_S if loaded.is_async else 0.0)))
-        pending = deque(range(len(calls)))
+            base = _Call(ji, [], import_path(job.spec), json.dumps(job.args, sort_keys=True), timeout, stream,
+                         timeout + (ASYNC_GRACE_S if loaded.is_async else 0.0))
+            for idx in _chunks(job, loaded, self.async_concurrency, plain_chunk):
+                calls.append(dataclasses.replace(base, idx=idx))
+        pending = deque(calls)
 
-        def fill(ci: int, status: str, error: str, latency: float = 0.0) -> None:
-            ji, idx, _, _ = calls[ci]
-            for i in idx:
-                results[ji][i] = CallResult(0.0, status, error=error, latency_s=latency)
+        def fail(w: _Worker, status: str, error: str) -> None:
+            """The call in progress on `w` fails; the unstarted rest of a streamed chunk goes back."""
+            c, k = w.task.call, w.task.next
+            failed = c.idx[k:k + 1] if c.stream else c.idx[k:]
+            for i in failed:
+                results[c.ji][i] = CallResult(0.0, status, error=error, latency_s=time.monotonic() - w.task.started)
+            self.calls += 1
+            if c.stream and k + 1 < len(c.idx):
+                pending.appendleft(dataclasses.replace(c, idx=c.idx[k + 1:]))
+            self._replace(w)
 
         while pending or any(w.task for w in self._workers):
             for w in self._workers:
                 if w.task is None and pending:
-                    ci = pending.popleft()
+                    c = pending.popleft()
+                    items = [(jobs[c.ji].completions[i], jobs[c.ji].samples[i]) for i in c.idx]
+                    first = max(c.deadline_s, LOAD_TIMEOUT_S) if (c.path, c.args_json) not in w.loaded else c.deadline_s
+                    w.task = _InFlight(c, 0, time.monotonic() + first, time.monotonic())
                     try:
-                        w.conn.send((ci, *calls[ci][2]))
-                        w.task = (ci, time.monotonic() + calls[ci][3], time.monotonic())
+                        w.conn.send((0, c.path, c.args_json, items, c.timeout_s, c.stream))
                     except (BrokenPipeError, OSError) as e:
-                        fill(ci, "error", f"worker pipe broken: {e}")
-                        self._replace(w)
+                        fail(w, "error", f"worker pipe broken: {e}")
             busy = [w for w in self._workers if w.task]
             if not busy:
                 continue
-            wait_s = max(0.0, min(w.task[1] for w in busy) - time.monotonic())
+            wait_s = max(0.0, min(w.task.deadline for w in busy) - time.monotonic())
             ready = wait([w.conn for w in busy], timeout=wait_s)
             for w in busy:
-                ci, deadline, started = w.task
                 if w.conn in ready:
                     try:
-                        _, out, latency, retire = w.conn.recv()
+                        _, k, out, latency, retire = w.conn.recv()
                     except (EOFError, OSError):
-                        fill(ci, "error", "verifier process died", time.monotonic() - started)
-                        self._replace(w)
+                        fail(w, "error", "verifier process died")
                         continue
-                    ji, idx, _, _ = calls[ci]
-                    for i, (status, score, extras, err) in zip(idx, out):
-                        results[ji][i] = CallResult(score, status, extras, err, latency)
+                    c = w.task.call
+                    if k < 0:  # the worker has loaded the verifier: the first call's clock starts now
+                        w.loaded.add((c.path, c.args_json))
+                        w.task.deadline, w.task.started = time.monotonic() + c.deadline_s, time.monotonic()
+                        continue
+                    for i, (status, score, extras, err) in zip(c.idx[k:], out):
+                        results[c.ji][i] = CallResult(score, status, extras, err, latency)
                     self.calls += 1
-                    w.task = None
-                    if retire:
+                    now = time.monotonic()
+                    w.task.next, w.task.deadline, w.task.started = k + len(out), now + c.deadline_s, now
+                    if w.task.next >= len(c.idx):
+                        w.task = None
+                        if retire:
+                            self._replace(w)
+                    elif retire:  # the worker exits after this answer: the rest of the chunk goes elsewhere
+                        pending.appendleft(dataclasses.replace(c, idx=c.idx[w.task.next:]))
+                        w.task = None
                         self._replace(w)
-                elif time.monotonic() >= deadline:
-                    fill(ci, "timeout", f"no answer within {calls[ci][2][3]}s", time.monotonic() - started)
-                    self.calls += 1
-                    self._replace(w)
+                elif time.monotonic() >= w.task.deadline:
+                    fail(w, "timeout", f"no answer within {w.task.call.timeout_s}s")
         return results  # type: ignore[return-value]
 
     def _replace(self, w: _Worker) -> None:

@@ -128,3 +128,22 @@ def test_pool_memory_limit_fails_the_call_and_replaces_the_worker():
         assert res[0].status == "error" and res[0].error.startswith("MemoryError")
         assert pool.restarts == 1 and pool.pids() != [pid]
         assert [r.score for r in pool.run([("math", "#3", {"answer": "3"})] * 2)] == [1.0, 1.0]
+
+
+def test_pool_streams_chunks_and_resends_the_rest_after_a_failure():
+    """40 completions of one plain verifier travel in chunks of 5; hangs, exceptions and process deaths
+    inside a chunk fail only their own call, and the rest of the chunk is scored on another worker."""
+    import zlib
+
+    completions = [f"run {k}: #{k % 7}" for k in range(40)]
+    samples = [{"answer": "3"}] * 40
+    kinds = [zlib.crc32(c.encode()) % 4 for c in completions]
+    assert {0, 1, 2, 3} <= set(kinds)
+    with VerifierPool(num_workers=2, timeout_s=1.0) as pool:
+        res = pool.score([Job("tests.verifiers_fixture:chaos", completions, samples)])[0]
+    expect = {0: "timeout", 1: "error", 2: "error", 3: "ok"}
+    assert [r.status for r in res] == [expect[k] for k in kinds]
+    assert [r.score for r in res] == [float(k == 3 and c.endswith("#3")) for k, c in zip(kinds, completions)]
+    assert all("verifier process died" in r.error for r, k in zip(res, kinds) if k == 2)
+    assert pool.restarts == kinds.count(0) + kinds.count(2)  # one replacement per hang and per death
+    assert pool.calls == 40  # every completion was one call, none scored twice or lost

@@ -77,3 +77,15 @@ def hog(completion: str, sample: dict) -> float:
 
 def pid(completion: str, sample: dict):
     return VerifierResult(1.0, {"pid": os.getpid()})
+
+
+def chaos(completion: str, sample: dict) -> float:
+    """By a stable hash of the completion: hangs, raises, kills its process, or verifies."""
+    kind = zlib.crc32(completion.encode()) % 4
+    if kind == 0:
+        sleep_forever(completion, sample)
+    if kind == 1:
+        boom(completion, sample)
+    if kind == 2:
+        die(completion, sample)
+    return math_verifier(completion, sample).score
