@@ -26,6 +26,7 @@ import functools
 import importlib
 import importlib.metadata
 import inspect
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Union
@@ -145,9 +146,20 @@ class Loaded:
     validate: Callable | None = None
 
 
+_LOADED: dict[tuple[str, str], Loaded] = {}
+
+
 def load(spec: str, args: dict | None = None) -> Loaded:
     """Resolve `spec` and bind `args`: a class is constructed with them, a function gets them as
-    keyword arguments on every call."""
+    keyword arguments on every call. Cached per process: a class verifier is constructed once in
+    each process that calls it (config check, data validation and pool share the driver's)."""
+    key = (spec, json.dumps(args or {}, sort_keys=True, default=str))
+    if key not in _LOADED:
+        _LOADED[key] = _load(spec, args)
+    return _LOADED[key]
+
+
+def _load(spec: str, args: dict | None) -> Loaded:
     obj = resolve(spec)
     args = dict(args or {})
     if inspect.isclass(obj):

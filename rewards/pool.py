@@ -243,16 +243,12 @@ class _Runner:
     async_concurrency: int
 
     def __init__(self):
-        self._loaded: dict = {}
         self.calls = 0
 
     def describe(self, spec: str, args: dict):
         from rewards import load
 
-        key = (spec, json.dumps(args, sort_keys=True))
-        if key not in self._loaded:
-            self._loaded[key] = load(spec, args)
-        return self._loaded[key]
+        return load(spec, args)
 
     def run(self, tasks: list[tuple[str, str, dict]]) -> list[CallResult]:
         """Run (spec, completion, sample) calls; results in the order given."""
