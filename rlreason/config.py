@@ -227,6 +227,12 @@ class LearnerConfig:
     grad_checkpointing: bool = False  # recompute activations in backward (non-reentrant; routing replay holds)
     mini_batches: int = 1
     ppo_epochs: int = 1
+    # one on-policy update (ppo_epochs = mini_batches = 1, one rank): take the old-policy values from the
+    # differentiated forward itself (detached) instead of a separate no-grad forward; same numbers, one forward fewer
+    fuse_old_pass: bool = True
+    # forward the batch in this many length buckets, each trimmed to its own longest prompt and response (less
+    # compute on padding; same values). 1 = one padded forward; MoE with grad_checkpointing always uses 1
+    length_buckets: int = 4
     cpus: float = 1.0  # Ray CPUs reserved per learner actor
     gpus: float = -1.0  # Ray GPUs per learner actor; -1 = 1 if the cluster has GPUs, else 0
     threads: int = 0  # torch threads per learner actor; 0 = the node's cores split among the actors computing at once
@@ -429,6 +435,7 @@ def validate(cfg) -> None:
         "rollout.max_new_tokens",
         "rollout.num_workers",
         "learner.mini_batches",
+        "learner.length_buckets",
         "learner.ppo_epochs",
         "learner.max_nonfinite_updates",
         "task.num_train",

@@ -110,6 +110,7 @@ class Trainer:
             metrics["rollout/weights_lag"] = train_metrics["learner/version"] - 1 - batch.weights_version
             metrics["faults/rollout_recoveries"] = self.rollout_restarts
             t_step = time.perf_counter() - t_step  # the step proper; evaluation is timed on its own
+            metrics.update(self.memory_metrics())
             if last or (cfg.eval_every and step % cfg.eval_every == 0):
                 t0 = time.perf_counter()
                 eval_after = metrics["accuracy/eval"] = self.evaluate(step)
@@ -143,6 +144,25 @@ class Trainer:
         if eval_after is None:
             eval_after = self.evaluate(self.steps_done)
         return self._summary(eval_before, eval_after)
+
+    def memory_metrics(self) -> dict:
+        """Peak RSS so far of each kind of process (MiB): the driver, the largest rollout actor, the
+        learner (in its train metrics), the largest verifier worker; CUDA peaks where there is a GPU."""
+        from rlreason.telemetry.memory import peak_rss_mb, process_peak_rss_mb
+
+        out = {"memory/driver_peak_rss_mb": peak_rss_mb()}
+        try:
+            peaks = ray.get([w.peak_memory_mb.remote() for w in self.workers], timeout=30)
+        except Exception as e:  # noqa: BLE001 - a metric must not stop training; a dead worker is handled in generate
+            log.debug("rollout peak memory not read: %s", e)
+        else:
+            out["memory/rollout_peak_rss_mb"] = max(p["rss"] for p in peaks)
+            if peaks[0]["cuda"] is not None:
+                out["memory/rollout_peak_cuda_mb"] = max(p["cuda"] for p in peaks)
+        pool = [m for m in map(process_peak_rss_mb, getattr(self.pool, "pids", list)()) if m is not None]
+        if pool:
+            out["memory/verifier_peak_rss_mb"] = max(pool)
+        return out
 
     # -- pieces of a step -----------------------------------------------------------------------
     def _collect_observed(self, step: int):

@@ -223,3 +223,86 @@ def test_lora_trains_adapters_only_syncs_merged_weights_and_checkpoints_adapters
         assert torch.equal(v, merged[k]), k
     a, b = learner.train_step(batch), fresh.train_step(batch)
     assert a["loss/total"] == b["loss/total"] and a["grad_norm"] == b["grad_norm"]
+
+
+# -- speed: one forward fewer (fuse_old_pass) and length buckets, with the same numbers --------------------
+@pytest.fixture(scope="module")
+def dense_policy(tmp_path_factory):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rlreason.data.tokenizer import build_char_tokenizer
+
+    path = tmp_path_factory.mktemp("dense")
+    tok = build_char_tokenizer()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=1, max_position_embeddings=64, pad_token_id=tok.pad_token_id,
+                      eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def dense_rollout(dense_policy):
+    worker = RolloutWorker("hf", dense_policy, threads=2)
+    batch, _ = worker.generate(["1+2=", "10-3+4=", "7+7-1=", "3*3+12="], 0, 4, 16, 1.0, 1.0, seed=0)
+    batch.rewards = torch.tensor([1.0, 0, 0, 1, 0, 1, 1, 1, 0, 0, 0, 1, 1, 0, 1, 0])
+    return batch
+
+
+def test_length_buckets_give_one_padded_forwards_values_and_gradients(dense_policy, dense_rollout):
+    from rlreason.learner.forward import bucketed_response_logprobs, response_logprobs
+    from rlreason.policy import load_policy
+
+    b = dense_rollout
+    lens = b.response_mask.sum(1)
+    assert lens.min() < lens.max()  # the batch has padding for buckets to save
+    model = load_policy(dense_policy)
+    args = (b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask)
+    kw = dict(with_entropy=True, with_hidden=True, with_vocab_logprobs=True)
+    ref = response_logprobs(model, *args, **kw)
+    (ref["logprobs"] * b.response_mask).sum().backward()
+    ref_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    out = bucketed_response_logprobs(model, *args, buckets=3, **kw)
+    (out["logprobs"] * b.response_mask).sum().backward()
+    m = b.response_mask.bool()
+    for key in ref:
+        assert out[key].shape == ref[key].shape, key
+        torch.testing.assert_close(out[key][m], ref[key][m], rtol=1e-4, atol=1e-5, msg=key)
+        assert torch.isfinite(out[key][~m]).all(), key  # past a response: meaningless (masked) but finite
+    for g, r in zip((p.grad for p in model.parameters()), ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
+
+
+def _step_and_grads(policy, batch, estimator, **learner_kw):
+    """One train step's metrics and the gradients the optimizer stepped with (compared instead of the
+    new weights: Adam's first step turns float noise in ~0 gradient entries into +-lr)."""
+    lr = Learner(policy, LearnerConfig(lr=1e-2, **learner_kw), AlgoConfig(estimator=estimator), 1.0, 16)
+    grads = {}
+    names = {id(p): n for n, p in lr.model.named_parameters()}
+    lr.optimizer.register_step_pre_hook(
+        lambda opt, *_: grads.update({names[id(p)]: p.grad.clone() for g in opt.param_groups for p in g["params"] if p.grad is not None}))
+    m = lr.train_step(batch)
+    return m, grads
+
+
+@pytest.mark.parametrize("policy,estimator", [("dense", "grpo"), ("dense", "thr"), ("dense", "tempo"), ("dense", "d3s"),
+                                              ("moe", "grpo"), ("moe", "tempo")])
+def test_fused_old_pass_matches_the_separate_old_forward(policy, estimator, tiny_policy, rollout, dense_policy, dense_rollout):
+    """The fused step (one forward) and the two-forward step give the same metrics and the same
+    gradients; with length buckets too (MoE: mapped back for the router metrics, which agree)."""
+    path, batch = (dense_policy, dense_rollout) if policy == "dense" else (tiny_policy, rollout[1])
+    m0, g0 = _step_and_grads(path, batch, estimator, fuse_old_pass=False, length_buckets=1)
+    for kw in ({"fuse_old_pass": True, "length_buckets": 1}, {"fuse_old_pass": True, "length_buckets": 3}):
+        m1, g1 = _step_and_grads(path, batch, estimator, **kw)
+        assert set(m0) == set(m1)
+        for k in m0:
+            if k.startswith(("throughput/", "memory/", "moe/probe")):
+                continue
+            assert m1[k] == pytest.approx(m0[k], rel=1e-4, abs=1e-5), (kw, k)
+        assert set(g0) == set(g1) and g0
+        for k in g0:
+            torch.testing.assert_close(g1[k], g0[k], rtol=1e-3, atol=1e-6, msg=f"{kw} {k}")
+    assert m0["grad_norm"] > 0

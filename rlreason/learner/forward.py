@@ -7,6 +7,8 @@ the sampler saw. Logprobs are of the temperature-scaled distribution the sampler
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 
@@ -27,10 +29,12 @@ def response_logprobs(
     with_entropy: bool = False,
     with_hidden: bool = False,
     with_vocab_logprobs: bool = False,
+    entropy_grad: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Per-token logprobs [B, T] of the response tokens; on request also the entropy [B, T], the
     final-layer hidden states that produced each token's logits [B, T, d], and the full-vocabulary
-    log-probabilities [B, T, V] (B*T*V floats: mind the memory on large vocabularies)."""
+    log-probabilities [B, T, V] (B*T*V floats: mind the memory on large vocabularies).
+    `entropy_grad=False` computes the entropy outside autograd (a metric only: no [B, T, V] kept)."""
     input_ids, attention_mask, position_ids = build_inputs(prompt_ids, prompt_mask, response_ids, response_mask)
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
                 output_hidden_states=with_hidden)
@@ -40,9 +44,40 @@ def response_logprobs(
     logsm = torch.log_softmax(logits, dim=-1)
     result = {"logprobs": logsm.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)}
     if with_entropy:
-        result["entropy"] = -(logsm.exp() * logsm).sum(-1)
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            result["entropy"] = -(logsm.exp() * logsm).sum(-1)
     if with_hidden:  # HF's last entry is after the final norm: the lm_head's input
         result["hidden"] = out.hidden_states[-1][:, P - 1 : P - 1 + T].float()
     if with_vocab_logprobs:
         result["vocab_logprobs"] = logsm
+    return result
+
+
+def bucketed_response_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask, buckets: int, segment=None,
+                               **kw) -> dict:
+    """`response_logprobs` in `buckets` length buckets: sequences sorted by real response (then
+    prompt) length, split into equal-count groups, each trimmed to its own longest prompt (left
+    padding) and response (right padding), then the outputs padded back to [B, T, ...] in the
+    original order (zeros past each response). Same values as one padded forward, less pad compute;
+    gradients flow through. `buckets <= 1` (or fewer than 2 sequences per bucket) is one forward.
+    `segment(rows, n_total)`: a context each bucket's forward runs in, told which rows of the flat
+    [B * (P + T)] token layout its tokens occupy (the MoE router tap's `segment`)."""
+    B, P = prompt_ids.shape
+    T = response_ids.shape[1]
+    if buckets <= 1 or B < 2 * buckets:
+        return response_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask, **kw)
+    plen, rlen = prompt_mask.sum(1), response_mask.sum(1)
+    order = torch.argsort(rlen * (P + 1) + plen, stable=True)
+    outs = []
+    for idx in torch.tensor_split(order, buckets):
+        p, t = max(int(plen[idx].max()), 1), max(int(rlen[idx].max()), 1)
+        rows = (idx[:, None] * (P + T) + torch.arange(P - p, P + t)[None]).reshape(-1)
+        with segment(rows, B * (P + T)) if segment else contextlib.nullcontext():
+            outs.append(response_logprobs(model, prompt_ids[idx, P - p:], prompt_mask[idx, P - p:], response_ids[idx, :t],
+                                          response_mask[idx, :t], **kw))
+    inverse = torch.argsort(order).to(prompt_ids.device)
+    result = {}
+    for key in outs[0]:
+        padded = [torch.nn.functional.pad(o[key], (0, 0) * (o[key].dim() - 2) + (0, T - o[key].shape[1])) for o in outs]
+        result[key] = torch.cat(padded, 0).index_select(0, inverse)
     return result

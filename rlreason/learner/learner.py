@@ -26,7 +26,7 @@ from rlreason.algos.kl import kl_k3
 from rlreason.algos.losses import aggregate, aggregate_weights, gspo_loss, ppo_clip_loss
 from rlreason.algos.rollout_correction import rollout_correction_weights
 from rlreason.batch import RolloutBatch
-from rlreason.learner.forward import response_logprobs
+from rlreason.learner.forward import bucketed_response_logprobs
 from rlreason.learner.lora import add_lora, load_adapter, merged_state_dict
 from rlreason.learner.strategy import DeepSpeedStrategy, LocalStrategy, free_address
 from rlreason.moe.control import RouterControl
@@ -34,6 +34,7 @@ from rlreason.moe.metrics import logprob_gap
 from rlreason.moe.regularizers import freeze_routers
 from rlreason.moe.router import moe_blocks
 from rlreason.policy import load_policy, load_tokenizer
+from rlreason.telemetry.memory import peak_cuda_mb, peak_rss_mb
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +114,20 @@ class Learner:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _forward(self, model, b: RolloutBatch, with_entropy: bool = False, needs: frozenset = frozenset()) -> dict:
+    def _forward(self, model, b: RolloutBatch, with_entropy: bool = False, needs: frozenset = frozenset(),
+                 entropy_grad: bool = True) -> dict:
+        buckets, segment = self.cfg.length_buckets, None
+        if self.moe is not None and model is self.model and self.moe.tap.active:
+            # each bucket's tokens are mapped back to the whole batch's layout for routing replay and metrics;
+            # checkpointed recomputation in backward would not know which bucket it replays: one forward then
+            buckets = 1 if self.cfg.grad_checkpointing else buckets
+            segment = self.moe.tap.segment
         with self._autocast():
-            return response_logprobs(
-                model, b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask, self.temperature, with_entropy,
-                with_hidden="hidden" in needs, with_vocab_logprobs="vocab_logprobs" in needs,
+            return bucketed_response_logprobs(
+                model, b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask, buckets, segment=segment,
+                temperature=self.temperature,
+                with_entropy=with_entropy, with_hidden="hidden" in needs, with_vocab_logprobs="vocab_logprobs" in needs,
+                entropy_grad=entropy_grad,
             )
 
     def _policy_loss(self, logp, old_logp, advantages, mask):
@@ -150,10 +160,72 @@ class Learner:
         t0 = time.perf_counter()
         batch = batch.to(self.device)
         moe = self.moe
+        single = self.cfg.mini_batches == 1 and self.cfg.ppo_epochs == 1
+        if single and self.cfg.fuse_old_pass and self.strategy.world_size == 1:
+            return self._fused_step(batch, progress, t0)
         with torch.no_grad():
             with moe.old_pass(batch) if moe else contextlib.nullcontext():
                 old = self._forward(self.model, batch, with_entropy=True, needs=self.estimator.needs)
             ref_logp = self._ref_logprobs(batch) if self.algo.kl_coef > 0 else None
+        mask, advantages, token_weights, is_weights, metrics = self._advantages(batch, old, progress)
+        B = batch.size
+        sums: dict[str, float] = {}
+        n_updates = skipped = 0
+        tokens = 0
+        for _ in range(self.cfg.ppo_epochs):
+            perm = torch.randperm(B, generator=self.generator) if not single else torch.arange(B)
+            for idx in torch.chunk(perm, self.cfg.mini_batches):
+                applied, stats, n_tok = self._update(batch, idx, mask, advantages, is_weights, token_weights, old, ref_logp, single)
+                if not applied:
+                    skipped += 1
+                    continue
+                n_updates += 1
+                tokens += n_tok
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + v
+        metrics.update({k: v / max(n_updates, 1) for k, v in sums.items()})
+        metrics["train/skipped_updates"] = skipped
+        return self._finish_step(metrics, ref_logp, tokens, t0)
+
+    def _fused_step(self, batch: RolloutBatch, progress: float, t0: float) -> dict:
+        """`learner.fuse_old_pass` with one on-policy update (one epoch, one mini-batch, one rank): the
+        old-policy values are the detached outputs of the very forward that is differentiated (the
+        weights have not moved), so the separate no-grad old-policy forward is skipped. Estimators,
+        MoE old-pass metrics and the rollout-correction weights see exactly what they would see after it."""
+        moe = self.moe
+        with moe.fused_pass(batch) if moe else contextlib.nullcontext():
+            live = self._forward(self.model, batch, with_entropy=True, needs=self.estimator.needs,
+                                 entropy_grad=self.algo.entropy_coef > 0)
+            if moe:
+                moe.fused_forward_done(batch)
+            old = {k: v.detach() for k, v in live.items()}
+            with torch.no_grad():
+                ref_logp = self._ref_logprobs(batch) if self.algo.kl_coef > 0 else None
+            mask, advantages, token_weights, is_weights, metrics = self._advantages(batch, old, progress)
+            live.pop("vocab_logprobs", None)
+            live.pop("hidden", None)
+            applied, stats, tokens = self._update(batch, torch.arange(batch.size), mask, advantages, is_weights, token_weights,
+                                                  old, ref_logp, True, live=live)
+        metrics.update(stats)
+        metrics["train/skipped_updates"] = int(not applied)
+        return self._finish_step(metrics, ref_logp, tokens, t0)
+
+    def _finish_step(self, metrics: dict, ref_logp, tokens: int, t0: float) -> dict:
+        if ref_logp is None:
+            metrics["kl/ref"] = 0.0
+        if self.moe:
+            metrics.update(self.moe.finish())
+        self.version += 1
+        elapsed = time.perf_counter() - t0
+        metrics["throughput/train_tokens_per_s"] = tokens / max(elapsed, 1e-9)
+        metrics["learner/version"] = self.version
+        metrics["memory/learner_peak_rss_mb"] = peak_rss_mb()
+        if (cuda := peak_cuda_mb()) is not None:
+            metrics["memory/learner_peak_cuda_mb"] = cuda
+        return metrics
+
+    def _advantages(self, batch: RolloutBatch, old: dict, progress: float):
+        """The estimator's advantages from the old-policy values, the loss mask and weights, the step's metrics."""
         est = as_estimate(self.estimator(batch, self.algo, {"old_logprobs": old["logprobs"], "progress": progress, **old}))
         old.pop("vocab_logprobs", None)
         old.pop("hidden", None)
@@ -181,41 +253,16 @@ class Learner:
             **{f"kl/rollout_{k}": v for k, v in logprob_gap(old["logprobs"], batch.sampling_logprobs, resp_mask).items()},
             **est.metrics,
         }
-        if moe:
-            metrics.update(moe.old_pass_metrics())
+        if self.moe:
+            metrics.update(self.moe.old_pass_metrics())
+        return mask, advantages, token_weights, is_weights, metrics
 
-        single = self.cfg.mini_batches == 1 and self.cfg.ppo_epochs == 1
-        B = batch.size
-        sums: dict[str, float] = {}
-        n_updates = skipped = 0
-        tokens = 0
-        for _ in range(self.cfg.ppo_epochs):
-            perm = torch.randperm(B, generator=self.generator) if not single else torch.arange(B)
-            for idx in torch.chunk(perm, self.cfg.mini_batches):
-                applied, stats, n_tok = self._update(batch, idx, mask, advantages, is_weights, token_weights, old, ref_logp, single)
-                if not applied:
-                    skipped += 1
-                    continue
-                n_updates += 1
-                tokens += n_tok
-                for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + v
-        metrics.update({k: v / max(n_updates, 1) for k, v in sums.items()})
-        metrics["train/skipped_updates"] = skipped
-        if ref_logp is None:
-            metrics["kl/ref"] = 0.0
-        if moe:
-            metrics.update(moe.finish())
-        self.version += 1
-        elapsed = time.perf_counter() - t0
-        metrics["throughput/train_tokens_per_s"] = tokens / max(elapsed, 1e-9)
-        metrics["learner/version"] = self.version
-        return metrics
-
-    def _update(self, batch, idx, mask, advantages, is_weights, token_weights, old, ref_logp, single) -> tuple[bool, dict, int]:
+    def _update(self, batch, idx, mask, advantages, is_weights, token_weights, old, ref_logp, single,
+                live: dict | None = None) -> tuple[bool, dict, int]:
         """One optimizer update on mini-batch `idx` (indices into the step batch). Under DeepSpeed each
         rank takes every world_size-th sequence of the mini-batch; the loss weights come from the whole
-        mini-batch's mask, so the ranks' summed gradients are the single learner's (see strategy.py)."""
+        mini-batch's mask, so the ranks' summed gradients are the single learner's (see strategy.py).
+        `live`: the forward over the whole batch already ran (fused old pass, inside its MoE context)."""
         a, moe, st = self.algo, self.moe, self.strategy
         W = st.world_size
         weights = aggregate_weights(mask[idx], a.loss_agg, self.norm_len)  # [n, T] over the whole mini-batch
@@ -227,8 +274,8 @@ class Learner:
         w = weights[share.to(weights.device)]
         mb = batch.select(local)
         mb_mask = mask[local]
-        with moe.update_pass(local) if moe else contextlib.nullcontext():
-            out = self._forward(self.model, mb, with_entropy=a.entropy_coef > 0)
+        with moe.update_pass(local) if moe and live is None else contextlib.nullcontext():
+            out = live if live is not None else self._forward(self.model, mb, with_entropy=a.entropy_coef > 0)
             logp = out["logprobs"]
             old_logp = logp.detach() if single else old["logprobs"][local]
             pg_tok, info = self._policy_loss(logp, old_logp, advantages[local], mb_mask)

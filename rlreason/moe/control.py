@@ -61,6 +61,28 @@ class RouterControl:
     @contextlib.contextmanager
     def old_pass(self, b):
         """Context for the old-policy forward over the whole step batch `b`."""
+        self._start_old(b)
+        forced = self.rollout if self.mode == "r3" else None
+        with self.tap.session(forced=forced, capture_logits=True):
+            yield
+        self._end_old(b)
+
+    @contextlib.contextmanager
+    def fused_pass(self, b):
+        """The old pass and the single update pass as one forward (the learner's `fuse_old_pass`: one
+        on-policy update over the whole batch, so the old policy is the live one). Call
+        `fused_forward_done(b)` after the forward, before the loss; keep backward inside. R3 replays
+        the rollout routes in it; R2 has nothing to replay (its routes would be this forward's own)."""
+        self._start_old(b)
+        self.forced = self.rollout if self.mode == "r3" else None
+        with self.tap.session(forced=self.forced, capture_logits=True):
+            yield
+
+    def fused_forward_done(self, b) -> None:
+        self._end_old(b)
+        self.rows = self._rows(torch.arange(b.size))
+
+    def _start_old(self, b) -> None:
         self._sums, self._counts = {}, {}
         self.rollout = self._rollout_routes(b)
         if self.mode == "r3" and self.rollout is None:
@@ -73,9 +95,8 @@ class RouterControl:
                 self._probe = (b.select(torch.arange(min(self.cfg.probe_size, b.size))), None)
             if self._probe[1] is None:  # first step, or after a resume: the routes before this step's updates
                 self._probe = (self._probe[0], self._probe_routes())
-        forced = self.rollout if self.mode == "r3" else None
-        with self.tap.session(forced=forced, capture_logits=True):
-            yield
+
+    def _end_old(self, b) -> None:
         self.mask = _token_mask(b)
         self.old_logits = self.tap.stacked("logits").detach()  # [L, N, E]
         self.old_used = self.tap.stacked("used")  # [N, L, k]

@@ -16,6 +16,12 @@ backward): the replay is applied on every call, the capture only on the first ca
 so recomputation sees the same experts and nothing is recorded twice. Keep the session open across
 ``loss.backward()`` when checkpointing is on.
 
+One session may also hold several forwards over parts of one batch (the learner's length buckets):
+each runs inside `tap.segment(rows, n_total)`, which names the rows of the session's full flat
+layout ([N = n_total]) its tokens occupy. Forced ids are taken at those rows, and what it records
+is scattered back to them, so `stacked(...)` reads as for one forward over the whole batch; rows no
+segment covered (padding that was trimmed away) hold -1 ids and zero logits.
+
 Router logits are checked to be logits, not probabilities (transformers releases before PR #45131
 returned softmax outputs there, so a softmax applied on top would be a double softmax).
 """
@@ -102,6 +108,53 @@ class RouterTap:
         self.live: list = [None] * L  # [N, k] the router's own choice
         self.used: list = [None] * L  # [N, k] what the experts received
         self._checked = False
+        self._seen: set = set()  # layers whose router ran in this forward (or segment)
+        self._seen_used: set = set()
+        self._segment = None  # (rows [n], forced at those rows or None) of the running segment
+        self._n_total = 0
+        self._parts: dict = {}  # name -> per layer list of (rows, values) of the segments so far
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    @contextlib.contextmanager
+    def segment(self, rows: torch.Tensor, n_total: int):
+        """Inside a session: one forward whose flat tokens sit at `rows` of the session's [n_total] layout."""
+        if not self._active:
+            raise RuntimeError("tap.segment(...) runs inside tap.session(...)")
+        if self._forced is not None and self._forced.shape[0] != n_total:
+            raise ValueError(f"forced routes cover {self._forced.shape[0]} tokens, the segmented batch has {n_total}")
+        if not self._parts:
+            self._parts = {name: [[] for _ in range(self.num_layers)] for name in ("logits", "live", "used")}
+        self._n_total = n_total
+        forced = self._forced[rows.to(self._forced.device)] if self._forced is not None else None
+        self._segment, self._seen, self._seen_used = (rows, forced), set(), set()
+        try:
+            yield
+        finally:
+            self._segment = None
+            self._assemble()
+
+    def _record(self, name: str, layer: int, value: torch.Tensor) -> None:
+        if self._segment is None:
+            getattr(self, name)[layer] = value
+        else:
+            self._parts[name][layer].append((self._segment[0], value))
+
+    def _assemble(self) -> None:
+        """The segments so far, scattered into full [n_total, ...] per-layer tensors (autograd kept)."""
+        for name, layers in self._parts.items():
+            out = getattr(self, name)
+            for layer, parts in enumerate(layers):
+                if not parts:
+                    out[layer] = None
+                    continue
+                rows = torch.cat([r for r, _ in parts]).to(parts[0][1].device)
+                vals = torch.cat([v for _, v in parts])
+                fill = 0.0 if name == "logits" else -1
+                full = torch.full((self._n_total, *vals.shape[1:]), fill, dtype=vals.dtype, device=vals.device)
+                out[layer] = full.index_copy(0, rows, vals)
 
     @contextlib.contextmanager
     def session(self, forced: torch.Tensor | None = None, capture_logits: bool = False):
@@ -130,16 +183,17 @@ class RouterTap:
             if not self._active:
                 return None
             logits, weights, indices = output
-            first = self.live[layer] is None
-            if first:
+            if layer not in self._seen:
+                self._seen.add(layer)
                 if not self._checked:
                     self._check_logits(logits)
-                self.live[layer] = indices.detach()
+                self._record("live", layer, indices.detach())
                 if self._capture_logits:
-                    self.logits[layer] = logits
-            if self._forced is None:
+                    self._record("logits", layer, logits)
+            all_forced = self._forced if self._segment is None else self._segment[1]
+            if all_forced is None:
                 return None
-            forced = self._forced[:, layer].to(indices.device)
+            forced = all_forced[:, layer].to(indices.device)
             if forced.shape[0] != indices.shape[0]:
                 raise ValueError(f"forced routes cover {forced.shape[0]} tokens, the forward has {indices.shape[0]}")
             replay = (forced >= 0).all(-1, keepdim=True)
@@ -152,9 +206,10 @@ class RouterTap:
 
     def _experts_hook(self, layer: int):
         def hook(module, args, kwargs):
-            if self._active and self.used[layer] is None:
+            if self._active and layer not in self._seen_used:
+                self._seen_used.add(layer)
                 indices = args[1] if len(args) > 1 else kwargs["top_k_index"]
-                self.used[layer] = indices.detach()
+                self._record("used", layer, indices.detach())
             return None
 
         return hook

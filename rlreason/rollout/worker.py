@@ -89,6 +89,12 @@ class RolloutWorker:
             self.engine.model, b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask, temperature
         )["logprobs"].cpu()
 
+    def peak_memory_mb(self) -> dict:
+        """Peak RSS (and CUDA memory on GPU) of this actor so far, in MiB."""
+        from rlreason.telemetry.memory import peak_cuda_mb, peak_rss_mb
+
+        return {"rss": peak_rss_mb(), "cuda": peak_cuda_mb()}
+
     def ping(self) -> int:
         return self.weights_version
 

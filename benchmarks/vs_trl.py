@@ -1,0 +1,298 @@
+"""rlreason vs TRL's GRPOTrainer on the same work, side by side, plus the bare compute under both.
+
+    .venv/bin/python benchmarks/vs_trl.py --model tiny_moe [--prompts 32] [--group 8] [--max-new 32]
+        [--steps 6] [--warmup 2] [--repeats 3] [--sides rlreason,trl,bare] [--set key=value ...] [--json out.json]
+
+Same work on every side: the same policy (tiny_moe: the cached warm start of `make run`; smollm2:
+SmolLM2-135M-Instruct), the same arithmetic prompts (SmolLM2: in its chat template), G samples per
+prompt at temperature 1, top-p 1, no top-k, the same max prompt/response lengths, one AdamW update per
+step over the whole batch (lr, betas, weight decay, grad clip as rlreason's defaults), KL off, the
+same `math` verifier, GRPO's seq-mean-token-mean loss (TRL `loss_type="grpo"`), HF `generate`.
+
+Each repeat runs every side in a fresh child process, one after the other (nothing else running):
+- `rlreason`: `rlreason/run.py` itself (Ray actors, the verifier pool), `--warmup + --steps` steps;
+  per step `timing/step_s` (evaluation is not in it), rollout and train tokens/s.
+- `trl`: `trl.GRPOTrainer` with `use_cpu`, one process; per-step wall time from a callback, its
+  `generate` and reward calls timed by wrapping them.
+- `bare`: the compute both frameworks wrap, with no framework: `model.generate` on the same batch,
+  then one forward + backward + AdamW step on the generated tensors (2 torch threads).
+The first `--warmup` steps of each run are dropped; each side's figure is the median over
+repeats of the per-run median. Peak memory is the largest sum of RSS over the child's whole
+process tree (for rlreason: the driver, Ray's own processes, the actors and the verifier workers),
+sampled every 0.2 s. Framework overhead = step time / (bare generate + bare forward/backward) - 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+# -- the work, as every side sees it -------------------------------------------------------------------
+def work(args):
+    """(policy folder, prompts in training order, gold answers, config) for `args.model`."""
+    from rlreason.run import compose
+    from rlreason.trainer import Trainer
+
+    cfg, _ = compose(rlreason_overrides(args, total_steps=1))
+    with tempfile.TemporaryDirectory() as tmp:
+        tr = Trainer(cfg, Path(tmp))  # loads the task; the warm start comes from its cache
+    from rlreason.policy import load_tokenizer
+
+    tok = load_tokenizer(tr.policy_path)
+    prompts, answers = [], []
+    for p in tr.train:
+        text = p.prompt
+        if cfg.model.chat_template:
+            text = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+        prompts.append(text)
+        answers.append(p.answer)
+    return str(tr.policy_path), prompts, answers, cfg
+
+
+def rlreason_overrides(args, total_steps: int) -> list[str]:
+    return [f"model={args.model}", f"total_steps={total_steps}", f"rollout.prompts_per_step={args.prompts}",
+            f"rollout.group_size={args.group}", f"rollout.max_new_tokens={args.max_new}", "eval_every=0",
+            "checkpoint_every=0", "telemetry.tensorboard=false", "telemetry.console=false", *args.set]
+
+
+# -- children --------------------------------------------------------------------------------------------
+def child_rlreason(args) -> dict:
+    run_dir = Path(tempfile.mkdtemp(prefix="vs_trl_rlreason_"))
+    cmd = [sys.executable, str(ROOT / "rlreason/run.py"), *rlreason_overrides(args, args.warmup + args.steps), f"run_dir={run_dir}"]
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    steps = [r for r in rows if "timing/step_s" in r and r["step"] > args.warmup]
+    med = lambda k: statistics.median(r[k] for r in steps)  # noqa: E731
+    mem = {k: max(r[k] for r in steps) for k in steps[-1] if k.startswith("memory/")}
+    return {"step_s": med("timing/step_s"), "rollout_s": med("timing/rollout_s"), "reward_s": med("timing/reward_s"),
+            "train_s": med("timing/train_s"), "sync_s": med("timing/sync_s"),
+            "rollout_tok_s": med("throughput/rollout_tokens_per_s"), "train_tok_s": med("throughput/train_tokens_per_s"),
+            "response_len": med("response_length/mean"), "steps": len(steps), **mem}
+
+
+def child_trl(args) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    import rewards
+
+    policy, prompts, answers, cfg = work(args)
+    torch.set_num_threads(os.cpu_count() or 1)
+    verifier = rewards.load(cfg.reward.verifier, {}).call
+    n = args.prompts * (args.warmup + args.steps)
+    data = Dataset.from_dict({"prompt": [prompts[i % len(prompts)] for i in range(n)],
+                              "answer": [answers[i % len(answers)] for i in range(n)]})
+    timings = {"gen": [], "reward": [], "gen_tokens": [], "train_tokens": []}
+
+    def reward(completions, answer, **_):
+        t0 = time.perf_counter()
+        out = [float(verifier(c, {"answer": a}).score) for c, a in zip(completions, answer)]
+        timings["reward"].append(time.perf_counter() - t0)
+        return out
+
+    lc = cfg.learner
+    conf = GRPOConfig(
+        output_dir=tempfile.mkdtemp(prefix="vs_trl_trl_"), use_cpu=True, bf16=False, seed=cfg.seed,
+        per_device_train_batch_size=args.prompts * args.group, gradient_accumulation_steps=1, num_generations=args.group,
+        max_completion_length=args.max_new, max_steps=args.warmup + args.steps, num_iterations=1,
+        temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, top_k=0, beta=0.0, loss_type="grpo",
+        epsilon=cfg.algo.clip_eps_low, scale_rewards="group", learning_rate=lc.lr, adam_beta1=lc.beta1, adam_beta2=lc.beta2,
+        weight_decay=lc.weight_decay, max_grad_norm=lc.grad_clip, lr_scheduler_type="constant", warmup_steps=0,
+        optim="adamw_torch", logging_steps=1, report_to=[], save_strategy="no", disable_tqdm=True, log_completions=False,
+        dataloader_num_workers=0,
+    )
+    step_t: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            step_t.append(time.perf_counter() - self.t0)
+
+    trainer = GRPOTrainer(model=policy, reward_funcs=reward, args=conf, train_dataset=data, callbacks=[Clock()])
+    inner = trainer._generate
+
+    def timed_generate(*a, **k):
+        t0 = time.perf_counter()
+        out = inner(*a, **k)
+        timings["gen"].append(time.perf_counter() - t0)
+        prompt_ids, completion_ids = out[0], out[1]
+        timings["gen_tokens"].append(sum(len(c) for c in completion_ids))
+        timings["train_tokens"].append(sum(len(c) for c in completion_ids) + sum(len(p) for p in prompt_ids))
+        return out
+
+    trainer._generate = timed_generate
+    trainer.train()
+    w = args.warmup
+    steps, gen, rew = step_t[w:], timings["gen"][w:], timings["reward"][w:]
+    gen_tok, train_tok = timings["gen_tokens"][w:], timings["train_tokens"][w:]
+    train_s = [s - g - r for s, g, r in zip(steps, gen, rew)]
+    return {"step_s": statistics.median(steps), "rollout_s": statistics.median(gen), "reward_s": statistics.median(rew),
+            "train_s": statistics.median(train_s), "rollout_tok_s": statistics.median(t / g for t, g in zip(gen_tok, gen)),
+            "train_tok_s": statistics.median(t / s for t, s in zip(train_tok, train_s)),
+            "response_len": statistics.median(t / (args.prompts * args.group) for t in gen_tok), "steps": len(steps)}
+
+
+def child_bare(args) -> dict:
+    """model.generate + one forward/backward/AdamW step on the generated tensors, nothing else."""
+    import torch
+
+    from rlreason.learner.forward import response_logprobs
+    from rlreason.policy import load_policy, load_tokenizer
+
+    policy, prompts, _, cfg = work(args)
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(cfg.seed)
+    tok = load_tokenizer(policy)
+    model = load_policy(policy)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learner.lr, betas=(cfg.learner.beta1, cfg.learner.beta2))
+    gen_t, fb_t, toks = [], [], []
+    for s in range(args.warmup + args.steps):
+        batch = [prompts[(s * args.prompts + i) % len(prompts)] for i in range(args.prompts)]
+        enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False, return_token_type_ids=False)
+        ids = enc.input_ids.repeat_interleave(args.group, 0)
+        mask = enc.attention_mask.repeat_interleave(args.group, 0)
+        model.eval()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=args.max_new, do_sample=True,
+                                 temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, top_k=0,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        gen_t.append(time.perf_counter() - t0)
+        resp = out[:, ids.shape[1]:]
+        is_eos = resp == tok.eos_token_id
+        resp_mask = ((is_eos.cumsum(-1) - is_eos.long()) == 0).long()
+        toks.append(int(resp_mask.sum()))
+        adv = torch.randn(resp.shape[0], 1)
+        model.train()
+        t0 = time.perf_counter()
+        lp = response_logprobs(model, ids, mask, resp, resp_mask)["logprobs"]
+        loss = -(lp * adv * resp_mask).sum() / resp_mask.sum()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.learner.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        fb_t.append(time.perf_counter() - t0)
+    w = args.warmup
+    return {"gen_s": statistics.median(gen_t[w:]), "fwd_bwd_s": statistics.median(fb_t[w:]),
+            "rollout_tok_s": statistics.median(t / g for t, g in zip(toks[w:], gen_t[w:])),
+            "response_len": statistics.median(t / (args.prompts * args.group) for t in toks[w:]), "steps": len(gen_t) - w}
+
+
+# -- the parent: children one at a time, their process trees' memory sampled ----------------------------------
+def _tree_rss_mb(root: int) -> float:
+    parents: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                stat = f.read()
+            fields = stat[stat.rindex(")") + 2:].split()
+            parents[int(d)] = int(fields[1])
+            rss[int(d)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            continue
+    tree, frontier = {root}, [root]
+    while frontier:
+        p = frontier.pop()
+        kids = [c for c, pp in parents.items() if pp == p and c not in tree]
+        tree.update(kids)
+        frontier.extend(kids)
+    return sum(rss.get(p, 0) for p in tree) / 2**20
+
+
+def run_side(side: str, args) -> dict:
+    out = Path(tempfile.mkstemp(suffix=".json")[1])
+    cmd = [sys.executable, __file__, "--child", side, "--out", str(out), "--model", args.model, "--prompts", str(args.prompts),
+           "--group", str(args.group), "--max-new", str(args.max_new), "--steps", str(args.steps), "--warmup", str(args.warmup),
+           *[x for s in args.set for x in ("--set", s)]]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT)
+    peak = [0.0]
+
+    def sample():
+        while proc.poll() is None:
+            peak[0] = max(peak[0], _tree_rss_mb(proc.pid))
+            time.sleep(0.2)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    if proc.wait() != 0:
+        raise SystemExit(f"{side} child failed (exit {proc.returncode}): {' '.join(cmd)}")
+    th.join()
+    res = json.loads(out.read_text())
+    res["peak_rss_mb"] = peak[0]
+    res["wall_s"] = time.perf_counter() - t0
+    out.unlink()
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="tiny_moe", choices=["tiny_moe", "smollm2"])
+    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--group", type=int, default=8)
+    ap.add_argument("--max-new", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--sides", default="rlreason,trl,bare")
+    ap.add_argument("--set", action="append", default=[], help="an extra rlreason override (key=value), e.g. learner.fuse_old_pass=false")
+    ap.add_argument("--json", default="")
+    ap.add_argument("--child", default="")
+    ap.add_argument("--out", default="")
+    args = ap.parse_args()
+    if args.child:
+        res = {"rlreason": child_rlreason, "trl": child_trl, "bare": child_bare}[args.child](args)
+        Path(args.out).write_text(json.dumps(res))
+        return
+    sides = args.sides.split(",")
+    runs: dict[str, list[dict]] = {s: [] for s in sides}
+    for r in range(args.repeats):
+        for s in sides:
+            res = run_side(s, args)
+            runs[s].append(res)
+            print(f"[repeat {r + 1}/{args.repeats}] {s}: {json.dumps({k: round(v, 4) for k, v in res.items()})}", flush=True)
+    med = {s: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for s, rs in runs.items()}
+    print(f"\nmodel={args.model} prompts={args.prompts} G={args.group} max_new={args.max_new} steps={args.steps} "
+          f"(+{args.warmup} warm-up) repeats={args.repeats} extra={args.set}")
+    print("| side | step (s) | steps/hour | rollout tok/s | train tok/s | response len | peak RSS (MB) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for s in ("rlreason", "trl"):
+        if s in med:
+            m = med[s]
+            print(f"| {s} | {m['step_s']:.2f} | {3600 / m['step_s']:,.0f} | {m['rollout_tok_s']:,.0f} | {m['train_tok_s']:,.0f} | "
+                  f"{m['response_len']:.1f} | {m['peak_rss_mb']:,.0f} |")
+    if "rlreason" in med and "trl" in med:
+        print(f"\nsteps/hour rlreason / TRL: {med['trl']['step_s'] / med['rlreason']['step_s']:.2f}x")
+    if "bare" in med:
+        b = med["bare"]
+        bare = b["gen_s"] + b["fwd_bwd_s"]
+        print(f"bare: generate {b['gen_s']:.2f} s + forward/backward {b['fwd_bwd_s']:.2f} s = {bare:.2f} s "
+              f"(response len {b['response_len']:.1f})")
+        for s in ("rlreason", "trl"):
+            if s in med:
+                print(f"{s} overhead over bare compute: {med[s]['step_s'] / bare - 1:+.1%}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "runs": runs, "median": med}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
