@@ -1,7 +1,8 @@
 """rlreason vs TRL's GRPOTrainer on the same work, side by side, plus the bare compute under both.
 
     .venv/bin/python benchmarks/vs_trl.py --model tiny_moe [--prompts 32] [--group 8] [--max-new 32]
-        [--steps 6] [--warmup 2] [--repeats 3] [--sides rlreason,trl,bare] [--set key=value ...] [--json out.json]
+        [--steps 6] [--warmup 2] [--repeats 3] [--sides rlreason,trl,bare] [--set key=value ...]
+        [--arm 'name:key=value,key=value' ...] [--json out.json]
 
 Same work on every side: the same policy (tiny_moe: the cached warm start of `make run`; smollm2:
 SmolLM2-135M-Instruct), the same arithmetic prompts (SmolLM2: in its chat template), G samples per
@@ -16,8 +17,9 @@ Each repeat runs every side in a fresh child process, one after the other (nothi
   `generate` and reward calls timed by wrapping them.
 - `bare`: the compute both frameworks wrap, with no framework: `model.generate` on the same batch,
   then one forward + backward + AdamW step on the generated tensors (2 torch threads).
-The first `--warmup` steps of each run are dropped; each side's figure is the median over
-repeats of the per-run median. Peak memory is the largest sum of RSS over the child's whole
+`--arm` adds an rlreason variant (its overrides on top of `--set`), run in the same rotation, so each
+speed change is measured side by side with the others. The first `--warmup` steps of each run are
+dropped; each side's figure is the median over repeats of the per-run median. Peak memory is the largest sum of RSS over the child's whole
 process tree (for rlreason: the driver, Ray's own processes, the actors and the verifier workers),
 sampled every 0.2 s. Framework overhead = step time / (bare generate + bare forward/backward) - 1.
 """
@@ -218,11 +220,11 @@ def _tree_rss_mb(root: int) -> float:
     return sum(rss.get(p, 0) for p in tree) / 2**20
 
 
-def run_side(side: str, args) -> dict:
+def run_side(side: str, args, extra: list[str]) -> dict:
     out = Path(tempfile.mkstemp(suffix=".json")[1])
     cmd = [sys.executable, __file__, "--child", side, "--out", str(out), "--model", args.model, "--prompts", str(args.prompts),
            "--group", str(args.group), "--max-new", str(args.max_new), "--steps", str(args.steps), "--warmup", str(args.warmup),
-           *[x for s in args.set for x in ("--set", s)]]
+           *[x for s in [*args.set, *extra] for x in ("--set", s)]]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT)
     peak = [0.0]
@@ -255,6 +257,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--sides", default="rlreason,trl,bare")
     ap.add_argument("--set", action="append", default=[], help="an extra rlreason override (key=value), e.g. learner.fuse_old_pass=false")
+    ap.add_argument("--arm", action="append", default=[], help="an rlreason variant 'name:key=value,key=value'")
     ap.add_argument("--json", default="")
     ap.add_argument("--child", default="")
     ap.add_argument("--out", default="")
@@ -263,33 +266,35 @@ def main() -> None:
         res = {"rlreason": child_rlreason, "trl": child_trl, "bare": child_bare}[args.child](args)
         Path(args.out).write_text(json.dumps(res))
         return
-    sides = args.sides.split(",")
+    sides = {s: (s, []) for s in args.sides.split(",")}
+    for arm in args.arm:
+        name, _, overrides = arm.partition(":")
+        sides[f"rlreason[{name}]"] = ("rlreason", [o for o in overrides.split(",") if o])
     runs: dict[str, list[dict]] = {s: [] for s in sides}
     for r in range(args.repeats):
-        for s in sides:
-            res = run_side(s, args)
+        for s, (child, extra) in sides.items():
+            res = run_side(child, args, extra)
             runs[s].append(res)
             print(f"[repeat {r + 1}/{args.repeats}] {s}: {json.dumps({k: round(v, 4) for k, v in res.items()})}", flush=True)
     med = {s: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for s, rs in runs.items()}
     print(f"\nmodel={args.model} prompts={args.prompts} G={args.group} max_new={args.max_new} steps={args.steps} "
           f"(+{args.warmup} warm-up) repeats={args.repeats} extra={args.set}")
-    print("| side | step (s) | steps/hour | rollout tok/s | train tok/s | response len | peak RSS (MB) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for s in ("rlreason", "trl"):
-        if s in med:
-            m = med[s]
-            print(f"| {s} | {m['step_s']:.2f} | {3600 / m['step_s']:,.0f} | {m['rollout_tok_s']:,.0f} | {m['train_tok_s']:,.0f} | "
-                  f"{m['response_len']:.1f} | {m['peak_rss_mb']:,.0f} |")
-    if "rlreason" in med and "trl" in med:
-        print(f"\nsteps/hour rlreason / TRL: {med['trl']['step_s'] / med['rlreason']['step_s']:.2f}x")
-    if "bare" in med:
+    bare = med["bare"]["gen_s"] + med["bare"]["fwd_bwd_s"] if "bare" in med else None
+    trl = med["trl"]["step_s"] if "trl" in med else None
+    print("| side | step (s) | steps/hour | vs TRL | over bare compute | rollout (s) | train (s) | rollout tok/s | train tok/s "
+          "| response len | peak RSS (MB) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for s, m in med.items():
+        if s == "bare":
+            continue
+        ratio = f"{trl / m['step_s']:.2f}x" if trl else "-"
+        over = f"{m['step_s'] / bare - 1:+.0%}" if bare else "-"
+        print(f"| {s} | {m['step_s']:.3f} | {3600 / m['step_s']:,.0f} | {ratio} | {over} | {m['rollout_s']:.3f} | {m['train_s']:.3f} | "
+              f"{m['rollout_tok_s']:,.0f} | {m['train_tok_s']:,.0f} | {m['response_len']:.1f} | {m['peak_rss_mb']:,.0f} |")
+    if bare:
         b = med["bare"]
-        bare = b["gen_s"] + b["fwd_bwd_s"]
-        print(f"bare: generate {b['gen_s']:.2f} s + forward/backward {b['fwd_bwd_s']:.2f} s = {bare:.2f} s "
-              f"(response len {b['response_len']:.1f})")
-        for s in ("rlreason", "trl"):
-            if s in med:
-                print(f"{s} overhead over bare compute: {med[s]['step_s'] / bare - 1:+.1%}")
+        print(f"\nbare: generate {b['gen_s']:.3f} s + forward/backward {b['fwd_bwd_s']:.3f} s = {bare:.3f} s "
+              f"(response len {b['response_len']:.1f}, peak RSS {b['peak_rss_mb']:,.0f} MB)")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "runs": runs, "median": med}, indent=1))
 
