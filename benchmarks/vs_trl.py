@@ -15,13 +15,14 @@ Each repeat runs every side in a fresh child process, one after the other (nothi
   per step `timing/step_s` (evaluation is not in it), rollout and train tokens/s.
 - `trl`: `trl.GRPOTrainer` with `use_cpu`, one process; per-step wall time from a callback, its
   `generate` and reward calls timed by wrapping them.
-- `bare`: the compute both frameworks wrap, with no framework: `model.generate` on the same batch,
-  then one forward + backward + AdamW step on the generated tensors (2 torch threads).
+- `bare`: the compute both frameworks wrap, with no framework: the smallest one-process GRPO loop
+  (same prompt sampler, `model.generate`, the verifier, group advantages, one padded forward +
+  backward + AdamW step, 2 torch threads); only generate and forward/backward/step are timed.
 `--arm` adds an rlreason variant (its overrides on top of `--set`), run in the same rotation, so each
 speed change is measured side by side with the others. The first `--warmup` steps of each run are
 dropped; each side's figure is the median over repeats of the per-run median. Peak memory is the largest sum of RSS over the child's whole
 process tree (for rlreason: the driver, Ray's own processes, the actors and the verifier workers),
-sampled every 0.2 s. Framework overhead = step time / (bare generate + bare forward/backward) - 1.
+sampled every second. Framework overhead = step time / (bare generate + bare forward/backward) - 1.
 """
 
 from __future__ import annotations
@@ -151,22 +152,31 @@ def child_trl(args) -> dict:
 
 
 def child_bare(args) -> dict:
-    """model.generate + one forward/backward/AdamW step on the generated tensors, nothing else."""
+    """The smallest GRPO loop one would write in one process, nothing else: the same prompt sampler,
+    `model.generate`, the `math` verifier, group-normalised advantages, one padded forward + backward +
+    AdamW step. Only generate and forward/backward/step are timed (scoring and advantages are not)."""
     import torch
 
+    import rewards
+    from rlreason.algos.advantages import group_advantages
+    from rlreason.data.sampler import PromptSampler
     from rlreason.learner.forward import response_logprobs
     from rlreason.policy import load_policy, load_tokenizer
 
-    policy, prompts, _, cfg = work(args)
+    policy, prompts, answers, cfg = work(args)
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(cfg.seed)
     tok = load_tokenizer(policy)
     model = load_policy(policy)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learner.lr, betas=(cfg.learner.beta1, cfg.learner.beta2))
+    verifier = rewards.load(cfg.reward.verifier, {}).call
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learner.lr, betas=(cfg.learner.beta1, cfg.learner.beta2),
+                            weight_decay=cfg.learner.weight_decay)
+    sampler = PromptSampler(len(prompts), args.prompts, seed=cfg.seed)
     gen_t, fb_t, toks = [], [], []
-    for s in range(args.warmup + args.steps):
-        batch = [prompts[(s * args.prompts + i) % len(prompts)] for i in range(args.prompts)]
-        enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False, return_token_type_ids=False)
+    for _ in range(args.warmup + args.steps):
+        idx = sampler.next_batch()
+        enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False,
+                  return_token_type_ids=False)
         ids = enc.input_ids.repeat_interleave(args.group, 0)
         mask = enc.attention_mask.repeat_interleave(args.group, 0)
         model.eval()
@@ -180,11 +190,15 @@ def child_bare(args) -> dict:
         is_eos = resp == tok.eos_token_id
         resp_mask = ((is_eos.cumsum(-1) - is_eos.long()) == 0).long()
         toks.append(int(resp_mask.sum()))
-        adv = torch.randn(resp.shape[0], 1)
+        texts = tok.batch_decode(resp.masked_fill(resp_mask == 0, tok.pad_token_id), skip_special_tokens=True)
+        gold = [answers[i] for i in idx for _ in range(args.group)]
+        r = torch.tensor([float(verifier(t, {"answer": a}).score) for t, a in zip(texts, gold)])
+        adv = group_advantages(r, torch.arange(len(idx)).repeat_interleave(args.group)).float()[:, None]
         model.train()
         t0 = time.perf_counter()
         lp = response_logprobs(model, ids, mask, resp, resp_mask)["logprobs"]
-        loss = -(lp * adv * resp_mask).sum() / resp_mask.sum()
+        ratio = torch.exp(lp - lp.detach())
+        loss = -((ratio * adv * resp_mask).sum(-1) / resp_mask.sum(-1).clamp(min=1)).mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.learner.grad_clip)
         opt.step()
@@ -232,7 +246,7 @@ def run_side(side: str, args, extra: list[str]) -> dict:
     def sample():
         while proc.poll() is None:
             peak[0] = max(peak[0], _tree_rss_mb(proc.pid))
-            time.sleep(0.2)
+            time.sleep(1.0)
 
     th = threading.Thread(target=sample, daemon=True)
     th.start()
@@ -243,6 +257,7 @@ def run_side(side: str, args, extra: list[str]) -> dict:
     res["peak_rss_mb"] = peak[0]
     res["wall_s"] = time.perf_counter() - t0
     out.unlink()
+    time.sleep(3)  # let the child's leftovers (Ray's processes) exit before the next side starts
     return res
 
 

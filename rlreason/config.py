@@ -139,6 +139,9 @@ class RolloutConfig:
     vllm_kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE (whole GiB) on CPU
     vllm_gpu_memory_utilization: float = 0.3  # on CPU: the share of CPU memory; keep <= 0.3 there
     dtype: str = "fp32"  # hf engine weights: fp32 | bf16 (bf16 sampling as deployed engines do: a real train/rollout gap)
+    # hf engine: prefill each distinct prompt once and copy its KV cache to its samples (dense policies; vLLM
+    # shares prompt prefixes through its own prefix cache)
+    share_prefix: bool = True
 
 
 @dataclass

@@ -430,6 +430,7 @@ class Trainer:
             ray.remote(RolloutWorker).options(**rollout_res, **env, **place(L + k), max_restarts=cfg.rollout.max_restarts).remote(
                 cfg.rollout.engine, str(self.policy_path), threads(cfg.rollout.threads, R), cfg.seed + k,
                 cfg.rollout.vllm_kv_cache_gib, cfg.rollout.vllm_gpu_memory_utilization, cfg.rollout.dtype,
+                cfg.rollout.share_prefix,
             )
             for k in range(R)
         ]

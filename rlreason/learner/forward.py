@@ -36,11 +36,12 @@ def response_logprobs(
     log-probabilities [B, T, V] (B*T*V floats: mind the memory on large vocabularies).
     `entropy_grad=False` computes the entropy outside autograd (a metric only: no [B, T, V] kept)."""
     input_ids, attention_mask, position_ids = build_inputs(prompt_ids, prompt_mask, response_ids, response_mask)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
-                output_hidden_states=with_hidden)
     P = prompt_ids.shape[1]
     T = response_ids.shape[1]
-    logits = out.logits[:, P - 1 : P - 1 + T].float() / temperature
+    # the LM head only where a response token is predicted (positions P-1 .. P+T-2): no [B, P, V] logits
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+                output_hidden_states=with_hidden, logits_to_keep=T + 1)
+    logits = out.logits[:, -(T + 1):-1].float() / temperature
     logsm = torch.log_softmax(logits, dim=-1)
     result = {"logprobs": logsm.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)}
     if with_entropy:

@@ -217,6 +217,7 @@ class Learner:
             metrics.update(self.moe.finish())
         self.version += 1
         elapsed = time.perf_counter() - t0
+        metrics["timing/learner_s"] = elapsed  # inside the actor; timing/train_s adds the transport and the wait
         metrics["throughput/train_tokens_per_s"] = tokens / max(elapsed, 1e-9)
         metrics["learner/version"] = self.version
         metrics["memory/learner_peak_rss_mb"] = peak_rss_mb()

@@ -3,6 +3,9 @@
 Returns per-token sampling logprobs computed from the raw logits at the sampling temperature (the
 same quantity the learner computes), so `kl/rollout_vs_train` measures only numerical drift.
 `top_k` is disabled explicitly (HF's default of 50 would silently truncate the distribution).
+With `share_prefix` (the default), each distinct prompt is prefilled once and its KV cache copied to
+its n samples, instead of prefilling every copy (dense policies; an MoE policy whose routes are
+recorded prefills every copy, since the recorder follows generate's own forwards).
 For MoE policies it also records the routed expert ids of every generated token
 (`rlreason/rollout/routing.py`), carried in `RolloutBatch.routed_experts`.
 """
@@ -22,7 +25,8 @@ log = logging.getLogger(__name__)
 
 
 class HFEngine:
-    def __init__(self, model_path: str, threads: int = 0, record_routing: bool = True, dtype: str = "fp32"):
+    def __init__(self, model_path: str, threads: int = 0, record_routing: bool = True, dtype: str = "fp32",
+                 share_prefix: bool = True):
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -35,6 +39,7 @@ class HFEngine:
         from rlreason.moe.router import moe_shape
 
         self.moe_shape = moe_shape(self.model.config.to_dict())
+        self.share_prefix = share_prefix
         self.tokenizer = load_tokenizer(model_path)
         self.pad_id = self.tokenizer.pad_token_id
         self.eos_id = self.tokenizer.eos_token_id
@@ -62,14 +67,20 @@ class HFEngine:
         if seed is not None:
             torch.manual_seed(seed)
         recorder = RoutingRecorder(self.model, prompt_ids.shape[0]) if self.record_routing else None
+        cache = None
+        if self.share_prefix and recorder is None and int(counts.max()) > 1 and enc.input_ids.shape[1] > 1:
+            cache = self._shared_prefix_cache(enc.input_ids.to(self.device), enc.attention_mask.to(self.device), counts)
         with recorder if recorder is not None else contextlib.nullcontext():
-            out = self._generate(prompt_ids, prompt_mask, max_new_tokens, temperature, top_p, greedy)
+            out = self._generate(prompt_ids, prompt_mask, max_new_tokens, temperature, top_p, greedy, cache)
         P = prompt_ids.shape[1]
 
         response_ids = out.sequences[:, P:]
         temp = 1.0 if greedy else temperature
-        logits = torch.stack(out.logits, dim=1).float() / temp
-        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
+        # one step at a time: no [B, T, V] stack of the logits (SmolLM2: 196 KB per token)
+        logprobs = torch.stack([
+            torch.log_softmax(step.float() / temp, dim=-1).gather(-1, response_ids[:, t, None]).squeeze(-1)
+            for t, step in enumerate(out.logits)
+        ], dim=1)
         is_eos = response_ids == self.eos_id
         # tokens up to and including the first EOS belong to the response
         after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0
@@ -92,10 +103,21 @@ class HFEngine:
             batch.prompt_routed_experts = recorder.prompt_result(prompt_mask)
         return batch.to("cpu"), texts
 
-    def _generate(self, prompt_ids, prompt_mask, max_new_tokens, temperature, top_p, greedy):
+    def _shared_prefix_cache(self, ids, mask, counts):
+        """KV cache of every prompt but its last token, computed once per distinct prompt and repeated
+        for its samples; generate then feeds only the last prompt token (positions as generate sets them)."""
+        prefix, pmask = ids[:, :-1], mask[:, :-1]
+        position_ids = (pmask.long().cumsum(-1) - 1).masked_fill(pmask == 0, 1)
+        out = self.model(input_ids=prefix, attention_mask=pmask, position_ids=position_ids, use_cache=True, logits_to_keep=1)
+        cache = out.past_key_values
+        cache.batch_select_indices(torch.arange(len(counts), device=ids.device).repeat_interleave(counts.to(ids.device)))
+        return cache
+
+    def _generate(self, prompt_ids, prompt_mask, max_new_tokens, temperature, top_p, greedy, cache=None):
         return self.model.generate(
             input_ids=prompt_ids,
             attention_mask=prompt_mask,
+            past_key_values=cache,
             max_new_tokens=max_new_tokens,
             do_sample=not greedy,
             temperature=None if greedy else temperature,

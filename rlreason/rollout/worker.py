@@ -16,11 +16,11 @@ class RolloutWorker:
     """Wrap with `ray.remote(num_cpus=...)(RolloutWorker)`; also usable in-process for tests."""
 
     def __init__(self, engine: str, model_path: str, threads: int = 0, seed: int = 0, vllm_kv_cache_gib: int = 1,
-                 vllm_gpu_memory_utilization: float = 0.3, dtype: str = "fp32"):
+                 vllm_gpu_memory_utilization: float = 0.3, dtype: str = "fp32", share_prefix: bool = True):
         if engine == "hf":
             from rlreason.rollout.hf import HFEngine
 
-            self.engine = HFEngine(model_path, threads=threads, dtype=dtype)
+            self.engine = HFEngine(model_path, threads=threads, dtype=dtype, share_prefix=share_prefix)
         elif engine == "vllm":
             from rlreason.rollout.vllm import VLLMEngine
 
