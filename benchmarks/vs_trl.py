@@ -110,6 +110,7 @@ def child_trl(args) -> dict:
     lc = cfg.learner
     conf = GRPOConfig(
         output_dir=tempfile.mkdtemp(prefix="vs_trl_trl_"), use_cpu=True, bf16=False, seed=cfg.seed,
+        model_init_kwargs={"dtype": "float32"},  # as rlreason loads it (a bf16 checkpoint would otherwise stay bf16)
         per_device_train_batch_size=args.prompts * args.group, gradient_accumulation_steps=1, num_generations=args.group,
         max_completion_length=args.max_new, max_steps=args.warmup + args.steps, num_iterations=1,
         temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, top_k=0, beta=0.0, loss_type="grpo",
@@ -235,12 +236,15 @@ def _tree_rss_mb(root: int) -> float:
 
 
 def run_side(side: str, args, extra: list[str]) -> dict:
+    """One child; `extra` holds rlreason overrides and `env:NAME=value` items for the child's environment."""
+    env = {**os.environ, **dict(e[4:].split("=", 1) for e in extra if e.startswith("env:"))}
+    extra = [e for e in extra if not e.startswith("env:")]
     out = Path(tempfile.mkstemp(suffix=".json")[1])
     cmd = [sys.executable, __file__, "--child", side, "--out", str(out), "--model", args.model, "--prompts", str(args.prompts),
            "--group", str(args.group), "--max-new", str(args.max_new), "--steps", str(args.steps), "--warmup", str(args.warmup),
            *[x for s in [*args.set, *extra] for x in ("--set", s)]]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
     peak = [0.0]
 
     def sample():
@@ -272,7 +276,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--sides", default="rlreason,trl,bare")
     ap.add_argument("--set", action="append", default=[], help="an extra rlreason override (key=value), e.g. learner.fuse_old_pass=false")
-    ap.add_argument("--arm", action="append", default=[], help="an rlreason variant 'name:key=value,key=value'")
+    ap.add_argument("--arm", action="append", default=[],
+                    help="an rlreason variant 'name:key=value,key=value' (an item env:NAME=value sets the child's environment)")
     ap.add_argument("--json", default="")
     ap.add_argument("--child", default="")
     ap.add_argument("--out", default="")

@@ -1,0 +1,96 @@
+"""Each learner and rollout speed change on its own, in one process, arms rotated every iteration.
+
+    .venv/bin/python benchmarks/speed_changes.py --model tiny_moe|smollm2 [--prompts 32] [--group 8] [--max-new 32] [--iters 7]
+
+End-to-end runs on this 2-core VM drift by up to 2x within minutes, which swamps a 10-20% change;
+here every arm runs once per iteration, in turn, on the same batch and the same weights, so drift
+hits all arms alike. Medians over `--iters` iterations (the first is a warm-up, dropped).
+
+Learner arms (`Learner.train_step` on one generated batch, fresh learner per arm, 2 threads):
+- `baseline`: a separate no-grad old-policy forward, one padded forward, LM head on every position;
+- `+logits_to_keep`: the LM head only on response positions (`response_logprobs`);
+- `+fused`: also `learner.fuse_old_pass` (the old-policy values from the differentiated forward);
+- `+buckets`: also `learner.length_buckets=4` (the defaults now).
+Rollout arms (dense SmolLM2 only; an MoE's recorded routes need generate's own prefill):
+`share_prefix` off / on in the HF engine, same seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _drop_logits_to_keep(module, args, kwargs):
+    kwargs.pop("logits_to_keep", None)  # the old behaviour: logits at every position
+    return args, kwargs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="tiny_moe", choices=["tiny_moe", "smollm2"])
+    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--group", type=int, default=8)
+    ap.add_argument("--max-new", type=int, default=32)
+    ap.add_argument("--iters", type=int, default=7)
+    args = ap.parse_args()
+    sys.argv = sys.argv[:1]
+    from benchmarks.vs_trl import work
+    from rlreason.config import AlgoConfig, LearnerConfig
+    from rlreason.learner.learner import Learner
+    from rlreason.rollout.hf import HFEngine
+
+    args.set = []
+    policy, prompts, answers, cfg = work(args)
+    torch.set_num_threads(2)
+    batch_prompts = prompts[: args.prompts]
+    engines = {"share_prefix=off": HFEngine(policy, threads=2, share_prefix=False)}
+    if not engines["share_prefix=off"].record_routing:
+        engines["share_prefix=on"] = HFEngine(policy, threads=2, share_prefix=True)
+    batch, _ = engines["share_prefix=off"].generate(batch_prompts, args.group, args.max_new, seed=0)
+    batch.rewards = torch.tensor([float(i % 3 == 0) for i in range(batch.size)])
+    lens = batch.response_mask.sum(1).float()
+    print(f"batch: {batch.size} sequences, prompt width {batch.prompt_ids.shape[1]}, response width {batch.response_ids.shape[1]}, "
+          f"mean response {lens.mean():.1f} tokens", flush=True)
+    arms = {
+        "baseline": dict(fuse_old_pass=False, length_buckets=1),
+        "+logits_to_keep": dict(fuse_old_pass=False, length_buckets=1),
+        "+fused": dict(fuse_old_pass=True, length_buckets=1),
+        "+buckets (default)": dict(fuse_old_pass=True, length_buckets=4),
+    }
+    learners = {}
+    for name, kw in arms.items():
+        lr = Learner(policy, LearnerConfig(threads=2, **kw), AlgoConfig(), 1.0, args.max_new)
+        if name == "baseline":
+            lr.model.register_forward_pre_hook(_drop_logits_to_keep, with_kwargs=True)
+        learners[name] = lr
+    times: dict[str, list[float]] = {name: [] for name in [*learners, *engines]}
+    for it in range(args.iters):
+        for name, lr in learners.items():
+            t0 = time.perf_counter()
+            lr.train_step(batch)
+            times[name].append(time.perf_counter() - t0)
+        for name, e in engines.items():
+            t0 = time.perf_counter()
+            e.generate(batch_prompts, args.group, args.max_new, seed=it + 1)
+            times[name].append(time.perf_counter() - t0)
+        print(f"iteration {it + 1}/{args.iters}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items()), flush=True)
+    med = {k: statistics.median(v[1:]) for k, v in times.items()}
+    print(f"\nmodel={args.model} prompts={args.prompts} G={args.group} max_new={args.max_new} iters={args.iters} (first dropped)")
+    print("| part | arm | median (s) | vs baseline |")
+    print("|---|---|---:|---:|")
+    for name in learners:
+        print(f"| learner train_step | {name} | {med[name]:.3f} | {med['baseline'] / med[name]:.2f}x |")
+    for name in engines:
+        print(f"| HF generate | {name} | {med[name]:.3f} | {med['share_prefix=off'] / med[name]:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
