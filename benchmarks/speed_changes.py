@@ -13,6 +13,11 @@ Learner arms (`Learner.train_step` on one generated batch, fresh learner per arm
 - `+buckets`: also `learner.length_buckets=4` (the defaults now).
 Rollout arms (dense SmolLM2 only; an MoE's recorded routes need generate's own prefill):
 `share_prefix` off / on in the HF engine, same seeds.
+
+`--sync`: weight sync between a learner and a rollout actor under Ray instead (fresh processes,
+1 CPU each), rotated: `via driver` (the learner returns the state dict to the driver, which puts it
+again for the worker: the old path) against `learner puts` (`Learner.put_weights`: the driver only
+passes the reference; numpy arrays mapped zero-copy by the worker).
 """
 
 from __future__ import annotations
@@ -40,7 +45,10 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--max-new", type=int, default=32)
     ap.add_argument("--iters", type=int, default=7)
+    ap.add_argument("--sync", action="store_true")
     args = ap.parse_args()
+    if args.sync:
+        return sync_bench(args)
     sys.argv = sys.argv[:1]
     from benchmarks.vs_trl import work
     from rlreason.config import AlgoConfig, LearnerConfig
@@ -90,6 +98,45 @@ def main() -> None:
         print(f"| learner train_step | {name} | {med[name]:.3f} | {med['baseline'] / med[name]:.2f}x |")
     for name in engines:
         print(f"| HF generate | {name} | {med[name]:.3f} | {med['share_prefix=off'] / med[name]:.2f}x |")
+
+
+def sync_bench(args) -> None:
+    import ray
+
+    from benchmarks.vs_trl import work
+    from rlreason.config import AlgoConfig, LearnerConfig
+    from rlreason.learner.learner import Learner
+    from rlreason.rollout.worker import RolloutWorker
+
+    args.set = []
+    policy = work(args)[0]
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    learner = ray.remote(num_cpus=1)(Learner).remote(policy, LearnerConfig(threads=1), AlgoConfig(), 1.0, args.max_new)
+    worker = ray.remote(num_cpus=1)(RolloutWorker).remote("hf", policy, 1)
+    ray.get([learner.pid.remote(), worker.pid.remote()])
+
+    def via_driver(v):
+        ray.get(worker.load_weights.remote(ray.put(ray.get(learner.get_weights.remote())), v))
+
+    def learner_puts(v):
+        (ref,) = ray.get(learner.put_weights.remote())
+        ray.get(worker.load_weights.remote(ref, v))
+
+    arms = {"via driver (before)": via_driver, "learner puts (now)": learner_puts}
+    times: dict[str, list[float]] = {k: [] for k in arms}
+    for it in range(args.iters):
+        for name, fn in arms.items():
+            t0 = time.perf_counter()
+            fn(it)
+            times[name].append(time.perf_counter() - t0)
+        print(f"iteration {it + 1}/{args.iters}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items()), flush=True)
+    med = {k: statistics.median(v[1:]) for k, v in times.items()}
+    print(f"\nmodel={args.model} weight sync, iters={args.iters} (first dropped)")
+    print("| path | median (s) | vs before |")
+    print("|---|---:|---:|")
+    for name in arms:
+        print(f"| {name} | {med[name]:.3f} | {med['via driver (before)'] / med[name]:.1f}x |")
+    ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -81,7 +81,10 @@ def child_rlreason(args) -> dict:
     mem = {k: max(r[k] for r in steps) for k in steps[-1] if k.startswith("memory/")}
     return {"step_s": med("timing/step_s"), "rollout_s": med("timing/rollout_s"), "reward_s": med("timing/reward_s"),
             "train_s": med("timing/train_s"), "sync_s": med("timing/sync_s"),
-            "rollout_tok_s": med("throughput/rollout_tokens_per_s"), "train_tok_s": med("throughput/train_tokens_per_s"),
+            "rollout_tok_s": med("throughput/rollout_tokens_per_s"), "learner_s": med("timing/learner_s"),
+            # tokens trained / the step's time outside generation and scoring (as for TRL), not the learner's own clock
+            "train_tok_s": statistics.median(r["throughput/train_tokens_per_s"] * r["timing/learner_s"] / r["timing/train_s"]
+                                             for r in steps),
             "response_len": med("response_length/mean"), "steps": len(steps), **mem}
 
 

@@ -155,18 +155,25 @@ def default_run_dir(choices: dict, seed: int) -> Path:
     return Path("runs") / f"{choices['recipe']}-{time.strftime('%Y%m%d-%H%M%S')}-s{seed}"
 
 
-def init_ray(cfg) -> None:
+def _local_cluster(cfgs) -> tuple[int, str]:
+    """CPUs for a local cluster that fits every config's actors, and the workers' PYTHONPATH (the
+    checkout and the working directory, so `module:attr` estimators and verifiers import)."""
     import math
 
+    needed = max(c.learner.num_workers * c.learner.cpus + c.rollout.num_workers * c.rollout.cpus for c in cfgs)
+    num_cpus = max(c.ray.num_cpus for c in cfgs) or max(os.cpu_count() or 1, math.ceil(needed))
+    pythonpath = os.pathsep.join([str(REPO_ROOT), os.getcwd(), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return num_cpus, pythonpath
+
+
+def init_ray(cfg) -> None:
     import ray
 
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True)
         return
-    needed = cfg.learner.num_workers * cfg.learner.cpus + cfg.rollout.num_workers * cfg.rollout.cpus
-    num_cpus = cfg.ray.num_cpus or max(os.cpu_count() or 1, math.ceil(needed))
-    pythonpath = os.pathsep.join([str(REPO_ROOT), os.getcwd(), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    num_cpus, pythonpath = _local_cluster([cfg])
     ray.init(
         address="local",
         num_cpus=num_cpus,
@@ -174,6 +181,18 @@ def init_ray(cfg) -> None:
         log_to_driver=True,
         runtime_env={"env_vars": {**QUIET_ENV, "PYTHONPATH": pythonpath}},
     )
+
+
+def _shared_cluster(cfgs) -> dict:
+    """A sweep's local Ray cluster, started once for all its jobs (each joins it through RAY_ADDRESS
+    instead of starting and stopping its own): the environment for the job processes. Workers take
+    PYTHONPATH and the quiet settings from the raylet's environment, set here before it starts."""
+    import ray
+
+    num_cpus, pythonpath = _local_cluster(cfgs)
+    os.environ.update({**QUIET_ENV, "PYTHONPATH": pythonpath})
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    return {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
 
 
 def split_sweep(value: str) -> list[str]:
@@ -224,8 +243,8 @@ def multirun(argv: list[str]) -> int:
     composed and validated before the first starts. A job whose directory already holds a finished
     run (summary.json) is skipped, an unfinished one resumes, so re-running the same command after an
     interruption completes the sweep. A failing job does not stop the others; the exit code is 1 if
-    any failed. `python -m rlreason.report DIR` then compares them."""
-    import subprocess
+    any failed. Without `ray.address`/RAY_ADDRESS the jobs share one local Ray cluster, started once
+    for the sweep. `python -m rlreason.report DIR` then compares them."""
     import time
 
     sweep_dir = None
@@ -246,14 +265,32 @@ def multirun(argv: list[str]) -> int:
     if len(set(names)) != len(names):
         print("rlreason: config error: two sweep jobs would share a directory; sweep distinct values.", file=sys.stderr)
         return 2
+    cfgs = []
     for job in jobs:
         try:
-            compose(job)
+            cfgs.append(compose(job)[0])
         except UserError as e:
             print(f"rlreason: config error in job {' '.join(job)}: {e}", file=sys.stderr)
             return 2
     sweep_dir.mkdir(parents=True, exist_ok=True)
     print(f"sweep_dir: {sweep_dir.resolve()} ({len(jobs)} jobs)", flush=True)
+    todo = [not (sweep_dir / name / "summary.json").exists() for name in names]
+    env = None
+    if sum(todo) > 1 and not os.environ.get("RAY_ADDRESS") and not any(c.ray.address for c in cfgs):
+        env = _shared_cluster([c for c, t in zip(cfgs, todo) if t])
+    try:
+        return _run_jobs(jobs, names, sweep_dir, env)
+    finally:
+        if env is not None:
+            import ray
+
+            ray.shutdown()
+
+
+def _run_jobs(jobs, names, sweep_dir: Path, env) -> int:
+    import subprocess
+    import time
+
     failed = []
     for i, (job, name) in enumerate(zip(jobs, names), 1):
         run_dir = sweep_dir / name
@@ -263,7 +300,7 @@ def multirun(argv: list[str]) -> int:
         extra = [f"run_dir='{run_dir}'"] + (["resume=true"] if (run_dir / "metrics.jsonl").exists() else [])
         print(f"[{i}/{len(jobs)}] {name}: {' '.join(job + extra)}", flush=True)
         t0 = time.time()
-        rc = subprocess.call([sys.executable, str(Path(__file__).resolve()), *job, *extra])
+        rc = subprocess.call([sys.executable, str(Path(__file__).resolve()), *job, *extra], env=env)
         status = "ok" if rc == 0 else f"FAILED (exit {rc})"
         print(f"[{i}/{len(jobs)}] {name}: {status} in {time.time() - t0:.0f} s", flush=True)
         if rc != 0:

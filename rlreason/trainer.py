@@ -327,7 +327,8 @@ class Trainer:
             self.learners_call("save_weights", path)
             ray.get([w.load_weights_from_path.remote(path, version) for w in workers])
         else:
-            weights = ray.put(self.learners_call("get_weights"))
+            # the learner puts the weights into the object store; the workers fetch them from there
+            (weights,) = self.learners_call("put_weights")
             ray.get([w.load_weights.remote(weights, version) for w in workers])
         self.weights_version = version
 

@@ -35,9 +35,34 @@ def test_weights_flow_learner_to_rollout_worker(ray_local, tiny_policy):
     assert ray.get(worker.load_weights.remote(learner.get_weights.remote(), 1)) == 1
     synced = ray.get(worker.score_logprobs.remote(batch))
     assert (synced - after)[mask].abs().max() < 1e-5
+    # the trainer's path: the learner puts the weights into the object store, the worker maps them
+    ray.get(learner.train_step.remote(batch))
+    (ref,) = ray.get(learner.put_weights.remote())
+    assert isinstance(ref, ray.ObjectRef)
+    assert ray.get(worker.load_weights.remote(ref, 2)) == 2
+    synced2, after2 = ray.get(worker.score_logprobs.remote(batch)), ray.get(learner.score_logprobs.remote(batch))
+    assert (synced2 - after2)[mask].abs().max() < 1e-5 and (synced2 - synced)[mask].abs().max() > 1e-4
 
     # and freshly sampled tokens carry sampling logprobs equal to the learner's for the new weights
     batch2, _ = ray.get(worker.generate.remote(["2+2=", "9-1="], 0, 4, 12, 1.0, 1.0, False, 1))
-    assert batch2.weights_version == 1
+    assert batch2.weights_version == 2
     lp2 = ray.get(learner.score_logprobs.remote(batch2))
     assert (lp2 - batch2.sampling_logprobs)[batch2.response_mask.bool()].abs().max() < 1e-4
+
+
+def test_weight_transport_sends_shared_storage_once_and_roundtrips():
+    import pickle
+
+    from rlreason.rollout.transfer import from_transport, to_transport
+
+    emb = torch.randn(50, 8)
+    sd = {"embed.weight": emb, "lm_head.weight": emb, "w": torch.randn(3, 4), "half": torch.randn(2).bfloat16(),
+          "view": emb[10:20]}
+    out = to_transport(sd)
+    assert out["embed.weight"] is out["lm_head.weight"]  # tied: one array, serialised once
+    assert out["view"] is not out["embed.weight"]
+    tied_once = len(pickle.dumps(out, protocol=5))
+    assert tied_once < len(pickle.dumps({**out, "lm_head.weight": out["lm_head.weight"].copy()}, protocol=5)) - 50 * 8 * 4 + 100
+    back = from_transport(out)
+    for k, v in sd.items():
+        assert back[k].dtype == v.dtype and torch.equal(back[k], v), k

@@ -4,7 +4,9 @@ One `train_step` per rollout batch: an old-policy forward without gradient (logp
 configured estimator's advantages, then `learner.ppo_epochs` passes over `learner.mini_batches`
 mini-batches of the PPO-clip loss, one AdamW step each, gradients clipped to `learner.grad_clip`.
 With one epoch and one mini-batch the update is on-policy and the old logprobs are the detached
-logprobs of the very forward that is differentiated, so the ratio is exactly 1. `algo.tis_mode`
+logprobs of the very forward that is differentiated, so the ratio is exactly 1; with
+`learner.fuse_old_pass` (and one rank) that forward is also the old-policy pass, which then does not
+run separately. Forwards run in `learner.length_buckets` length buckets (`forward.py`). `algo.tis_mode`
 reweights the policy-gradient term by the (truncated) learner/sampler ratio, see
 `algos/rollout_correction.py`.
 """
@@ -146,6 +148,20 @@ class Learner:
             if self.lora:
                 return merged_state_dict(self.model)
             return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+
+    def put_weights(self) -> list | None:
+        """The weights `get_weights` returns, put into Ray's object store from this actor (a
+        collective under ZeRO-3: call it on all ranks): `[ref]` on rank 0, None elsewhere. The driver
+        passes the ref on to the rollout workers without fetching it (`rollout/transfer.py`)."""
+        import ray
+
+        from rlreason.rollout.transfer import to_transport
+
+        with self.strategy.full_params():
+            if self.rank != 0:
+                return None
+            weights = merged_state_dict(self.model) if self.lora else self.model.state_dict()
+            return [ray.put(to_transport(weights))]  # copied into the store here, inside the gather
 
     @torch.no_grad()
     def score_logprobs(self, batch: RolloutBatch) -> torch.Tensor:

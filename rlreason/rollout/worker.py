@@ -34,8 +34,11 @@ class RolloutWorker:
 
     def load_weights(self, state_dict: dict, version: int) -> int:
         """Replace all weights at once; generation never sees a mix of versions (the actor is
-        single-threaded, so no generate call can interleave with this one)."""
-        self.engine.load_state_dict(state_dict)
+        single-threaded, so no generate call can interleave with this one). Tensors or, from
+        `Learner.put_weights`, numpy arrays mapped from the object store."""
+        from rlreason.rollout.transfer import from_transport
+
+        self.engine.load_state_dict(from_transport(state_dict))
         self.weights_version = version
         return version
 
