@@ -278,8 +278,13 @@ def test_length_buckets_give_one_padded_forwards_values_and_gradients(dense_poli
 
 def _step_and_grads(policy, batch, estimator, **learner_kw):
     """One train step's metrics and the gradients the optimizer stepped with (compared instead of the
-    new weights: Adam's first step turns float noise in ~0 gradient entries into +-lr)."""
-    lr = Learner(policy, LearnerConfig(lr=1e-2, **learner_kw), AlgoConfig(estimator=estimator), 1.0, 16)
+    new weights: Adam's first step turns float noise in ~0 gradient entries into +-lr).
+    `estimator` "<name>+r2" / "+r3" turns on MoE routing replay."""
+    from rlreason.config import MoEConfig
+
+    estimator, _, replay = estimator.partition("+")
+    lr = Learner(policy, LearnerConfig(lr=1e-2, **learner_kw), AlgoConfig(estimator=estimator), 1.0, 16,
+                 moe_cfg=MoEConfig(routing_replay=replay or "none"))
     grads = {}
     names = {id(p): n for n, p in lr.model.named_parameters()}
     lr.optimizer.register_step_pre_hook(
@@ -289,7 +294,7 @@ def _step_and_grads(policy, batch, estimator, **learner_kw):
 
 
 @pytest.mark.parametrize("policy,estimator", [("dense", "grpo"), ("dense", "thr"), ("dense", "tempo"), ("dense", "d3s"),
-                                              ("moe", "grpo"), ("moe", "tempo")])
+                                              ("moe", "grpo"), ("moe", "tempo"), ("moe", "grpo+r2"), ("moe", "grpo+r3")])
 def test_fused_old_pass_matches_the_separate_old_forward(policy, estimator, tiny_policy, rollout, dense_policy, dense_rollout):
     """The fused step (one forward) and the two-forward step give the same metrics and the same
     gradients; with length buckets too (MoE: mapped back for the router metrics, which agree)."""

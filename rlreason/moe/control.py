@@ -72,7 +72,8 @@ class RouterControl:
         """The old pass and the single update pass as one forward (the learner's `fuse_old_pass`: one
         on-policy update over the whole batch, so the old policy is the live one). Call
         `fused_forward_done(b)` after the forward, before the loss; keep backward inside. R3 replays
-        the rollout routes in it; R2 has nothing to replay (its routes would be this forward's own)."""
+        the rollout routes in it; under R2 the routes to replay are this very forward's, so the
+        update uses the old pass's routes by construction (the replay metrics then read 0)."""
         self._start_old(b)
         self.forced = self.rollout if self.mode == "r3" else None
         with self.tap.session(forced=self.forced, capture_logits=True):
@@ -81,6 +82,8 @@ class RouterControl:
     def fused_forward_done(self, b) -> None:
         self._end_old(b)
         self.rows = self._rows(torch.arange(b.size))
+        if self.mode == "r2":
+            self.forced = self.old_used
 
     def _start_old(self, b) -> None:
         self._sums, self._counts = {}, {}
