@@ -41,7 +41,9 @@ def response_logprobs(
     # the LM head only where a response token is predicted (positions P-1 .. P+T-2): no [B, P, V] logits
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
                 output_hidden_states=with_hidden, logits_to_keep=T + 1)
-    logits = out.logits[:, -(T + 1):-1].float() / temperature
+    logits = out.logits[:, -(T + 1):-1].float()
+    if temperature != 1.0:  # no extra [B, T, V] tensor at T=1
+        logits = logits / temperature
     logsm = torch.log_softmax(logits, dim=-1)
     result = {"logprobs": logsm.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)}
     if with_entropy:
