@@ -36,7 +36,7 @@ run: $(STAMP)
 	$(PY) rlreason/run.py recipe=tempo $(RUN_ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=25
 
 test-unit: $(STAMP)
 	$(PY) -m pytest tests -m "not integration"
