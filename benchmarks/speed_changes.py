@@ -38,24 +38,34 @@ def _drop_logits_to_keep(module, args, kwargs):
     return args, kwargs
 
 
+def rotate(arms: dict, iters: int) -> dict[str, float]:
+    """Run every arm (name -> fn(iteration)) once per iteration, in turn; the median seconds of each
+    over the iterations after the first."""
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    for it in range(iters):
+        for name, fn in arms.items():
+            t0 = time.perf_counter()
+            fn(it)
+            times[name].append(time.perf_counter() - t0)
+        print(f"iteration {it + 1}/{iters}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items()), flush=True)
+    return {k: statistics.median(v[1:]) for k, v in times.items()}
+
+
 def main() -> None:
+    from benchmarks.vs_trl import work_arguments
+
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="tiny_moe", choices=["tiny_moe", "smollm2"])
-    ap.add_argument("--prompts", type=int, default=32)
-    ap.add_argument("--group", type=int, default=8)
-    ap.add_argument("--max-new", type=int, default=32)
+    work_arguments(ap)
     ap.add_argument("--iters", type=int, default=7)
     ap.add_argument("--sync", action="store_true")
     args = ap.parse_args()
     if args.sync:
         return sync_bench(args)
-    sys.argv = sys.argv[:1]
     from benchmarks.vs_trl import work
     from rlreason.config import AlgoConfig, LearnerConfig
     from rlreason.learner.learner import Learner
     from rlreason.rollout.hf import HFEngine
 
-    args.set = []
     policy, prompts, answers, cfg = work(args)
     torch.set_num_threads(2)
     batch_prompts = prompts[: args.prompts]
@@ -79,18 +89,10 @@ def main() -> None:
         if name == "baseline":
             lr.model.register_forward_pre_hook(_drop_logits_to_keep, with_kwargs=True)
         learners[name] = lr
-    times: dict[str, list[float]] = {name: [] for name in [*learners, *engines]}
-    for it in range(args.iters):
-        for name, lr in learners.items():
-            t0 = time.perf_counter()
-            lr.train_step(batch)
-            times[name].append(time.perf_counter() - t0)
-        for name, e in engines.items():
-            t0 = time.perf_counter()
-            e.generate(batch_prompts, args.group, args.max_new, seed=it + 1)
-            times[name].append(time.perf_counter() - t0)
-        print(f"iteration {it + 1}/{args.iters}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items()), flush=True)
-    med = {k: statistics.median(v[1:]) for k, v in times.items()}
+    arms = {name: (lambda it, lr=lr: lr.train_step(batch)) for name, lr in learners.items()}
+    arms.update({name: (lambda it, e=e: e.generate(batch_prompts, args.group, args.max_new, seed=it + 1))
+                 for name, e in engines.items()})
+    med = rotate(arms, args.iters)
     print(f"\nmodel={args.model} prompts={args.prompts} G={args.group} max_new={args.max_new} iters={args.iters} (first dropped)")
     print("| part | arm | median (s) | vs baseline |")
     print("|---|---|---:|---:|")
@@ -108,7 +110,6 @@ def sync_bench(args) -> None:
     from rlreason.learner.learner import Learner
     from rlreason.rollout.worker import RolloutWorker
 
-    args.set = []
     policy = work(args)[0]
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     learner = ray.remote(num_cpus=1)(Learner).remote(policy, LearnerConfig(threads=1), AlgoConfig(), 1.0, args.max_new)
@@ -123,14 +124,7 @@ def sync_bench(args) -> None:
         ray.get(worker.load_weights.remote(ref, v))
 
     arms = {"via driver (before)": via_driver, "learner puts (now)": learner_puts}
-    times: dict[str, list[float]] = {k: [] for k in arms}
-    for it in range(args.iters):
-        for name, fn in arms.items():
-            t0 = time.perf_counter()
-            fn(it)
-            times[name].append(time.perf_counter() - t0)
-        print(f"iteration {it + 1}/{args.iters}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items()), flush=True)
-    med = {k: statistics.median(v[1:]) for k, v in times.items()}
+    med = rotate(arms, args.iters)
     print(f"\nmodel={args.model} weight sync, iters={args.iters} (first dropped)")
     print("| path | median (s) | vs before |")
     print("|---|---:|---:|")

@@ -268,17 +268,22 @@ def run_side(side: str, args, extra: list[str]) -> dict:
     return res
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def work_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options that define the work (`work(args)` reads them); shared with speed_changes.py."""
     ap.add_argument("--model", default="tiny_moe", choices=["tiny_moe", "smollm2"])
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--max-new", type=int, default=32)
+    ap.add_argument("--set", action="append", default=[], help="an extra rlreason override (key=value)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    work_arguments(ap)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--sides", default="rlreason,trl,bare")
-    ap.add_argument("--set", action="append", default=[], help="an extra rlreason override (key=value), e.g. learner.fuse_old_pass=false")
     ap.add_argument("--arm", action="append", default=[],
                     help="an rlreason variant 'name:key=value,key=value' (an item env:NAME=value sets the child's environment)")
     ap.add_argument("--json", default="")

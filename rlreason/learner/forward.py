@@ -61,7 +61,8 @@ def bucketed_response_logprobs(model, prompt_ids, prompt_mask, response_ids, res
     """`response_logprobs` in `buckets` length buckets: sequences sorted by real response (then
     prompt) length, split into equal-count groups, each trimmed to its own longest prompt (left
     padding) and response (right padding), then the outputs padded back to [B, T, ...] in the
-    original order (zeros past each response). Same values as one padded forward, less pad compute;
+    original order. Same values on response tokens as one padded forward (past a response's end,
+    masked positions hold pad-token values or zeros, as meaningless as there), less pad compute;
     gradients flow through. `buckets <= 1` (or fewer than 2 sequences per bucket) is one forward.
     `segment(rows, n_total)`: a context each bucket's forward runs in, told which rows of the flat
     [B * (P + T)] token layout its tokens occupy (the MoE router tap's `segment`)."""
