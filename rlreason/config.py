@@ -16,7 +16,7 @@ POLICY_LOSSES = ("ppo", "gspo", "gspo-token")
 ENGINES = ("hf", "vllm")
 DTYPES = ("fp32", "bf16")
 MODEL_KINDS = ("tiny_moe", "pretrained", "smollm2", "smollm2_moe")
-TASKS = ("arithmetic", "gsm8k", "jsonl", "reasoning_gym")
+TASKS = ("arithmetic", "elementary_math", "gsm8k", "jsonl", "reasoning_gym")
 ISOLATION = ("process", "inline")
 CURRICULA = ("uniform", "length_budget", "knapsack", "sec")
 STRATEGIES = ("single", "deepspeed")
@@ -33,6 +33,9 @@ class LoRAConfig:
     alpha: float = 16.0  # scale alpha / r
     dropout: float = 0.0
     target_modules: str = "all-linear"  # peft's all-linear, or comma-separated module names (q_proj,v_proj)
+    # how the rollout engines get the weights: adapter = only the adapters travel and the HF engine merges
+    # them into its base copy; merged = the learner merges and sends every weight. vLLM always reloads merged
+    sync: str = "adapter"
 
 
 @dataclass
@@ -60,8 +63,9 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    # arithmetic (procedural) | gsm8k (local JSONL folder at `path`, else the hub) | jsonl (any JSONL
-    # file at `path`, e.g. MedQA) | reasoning_gym (the generator `dataset`, scored by its own score_answer)
+    # arithmetic (procedural) | elementary_math (five question skills for instruct models, data/elementary_math.py)
+    # | gsm8k (local JSONL folder at `path`, else the hub) | jsonl (any JSONL file at `path`, e.g. MedQA)
+    # | reasoning_gym (the generator `dataset`, scored by its own score_answer)
     name: str = "arithmetic"
     num_terms: int = 3
     max_value: int = 9
@@ -79,6 +83,10 @@ class TaskConfig:
     answer_key: str = "answer"
     options_key: Optional[str] = None  # multiple choice: a dict, a list or "A. ...\nB. ..." (MedQA)
     dataset: str = "chain_sum"  # reasoning_gym: the generator's name
+    # elementary_math: the skills (add1, add2, sub2, compare, mul1), each a category; the held-out split is
+    # eval_per_category problems of each (fixed by a hash of the text; task.num_eval is not used)
+    categories: list[str] = field(default_factory=lambda: ["add1", "add2", "sub2", "compare", "mul1"])
+    eval_per_category: int = 32
     # a row without an answer, of the wrong type or with a gold answer the verifier cannot read:
     # error = stop before training, naming file and row; skip = drop it, report it and count it
     bad_rows: str = "error"
@@ -142,6 +150,10 @@ class RolloutConfig:
     # hf engine: prefill each distinct prompt once and copy its KV cache to its samples (dense policies; vLLM
     # shares prompt prefixes through its own prefix cache)
     share_prefix: bool = True
+    # hf engine: responses that have ended leave the decode batch (rollout/decode.py; dense policies and MoE
+    # policies whose routes are not recorded); false: HF generate, which computes every row to the longest
+    compact_finished: bool = True
+    max_batch: int = 256  # hf engine: sequences decoded at once; a larger request (e.g. a sampled eval) runs in chunks
 
 
 @dataclass
@@ -236,6 +248,9 @@ class LearnerConfig:
     # forward the batch in this many length buckets, each trimmed to its own longest prompt and response (less
     # compute on padding; same values). 1 = one padded forward; MoE with grad_checkpointing always uses 1
     length_buckets: int = 4
+    # forward each distinct prompt once and the group's G responses over its KV cache (same values and gradients;
+    # prompt compute / G). Dense policies (an MoE under a router tap uses the padded layout), no grad_checkpointing
+    share_prompt: bool = True
     cpus: float = 1.0  # Ray CPUs reserved per learner actor
     gpus: float = -1.0  # Ray GPUs per learner actor; -1 = 1 if the cluster has GPUs, else 0
     threads: int = 0  # torch threads per learner actor; 0 = the node's cores split among the actors computing at once
@@ -315,7 +330,12 @@ class Config:
     # stop after the step whose generated response tokens (all rounds) reach this total; 0 = off.
     # Compares methods at an equal rollout budget (DAPO's refills and D3S's down-sampling differ per step).
     rollout_token_budget: int = 0
-    eval_every: int = 25  # greedy eval on the held-out split every N steps (0: only before and after RL)
+    eval_every: int = 25  # eval on the held-out split every N steps (0: only before and after RL)
+    # the eval: greedy accuracy always; with eval_sampled also pass@1 and pass@k from eval_samples samples per
+    # problem at rollout.temperature (0: rollout.group_size), overall and per category (rlreason/evaluation.py)
+    eval_sampled: bool = True
+    eval_samples: int = 0
+    eval_cache: bool = True  # reuse the initial policy's evaluation across runs that repeat it (rlreason/eval_cache.py)
     checkpoint_every: int = 50  # 0: only at the last step
     keep_checkpoints: int = 2
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -348,8 +368,8 @@ def validate(cfg) -> None:
     from rlreason.algos import ESTIMATORS
 
     _choice("model.kind", cfg.model.kind, MODEL_KINDS)
-    if cfg.model.kind == "pretrained" and not cfg.model.path:
-        raise ConfigError("model.path must name an HF model folder when model.kind=pretrained.")
+    if cfg.model.kind == "pretrained":
+        _check_pretrained(cfg.model)
     if cfg.model.kind in ("tiny_moe", "smollm2_moe"):
         if cfg.model.top_k > cfg.model.num_experts or cfg.model.top_k < 1:
             raise ConfigError(
@@ -390,6 +410,17 @@ def validate(cfg) -> None:
         names = sorted(reasoning_gym.factory.DATASETS)
         if cfg.task.dataset not in names:
             raise ConfigError(f"task.dataset={cfg.task.dataset!r} is not a reasoning-gym dataset; choose one of: {', '.join(names)}.")
+    if cfg.task.name == "elementary_math":
+        from rlreason.data.elementary_math import CATEGORIES
+
+        cats = list(cfg.task.categories)
+        if not cats or any(c not in CATEGORIES for c in cats) or len(set(cats)) != len(cats):
+            raise ConfigError(f"task.categories={cats} is not valid; name each of {', '.join(CATEGORIES)} at most once.")
+        _positive("task.eval_per_category", cfg.task.eval_per_category)
+        if cfg.model.kind == "tiny_moe":
+            raise ConfigError("task=elementary_math asks questions in English for an instruct model; the tiny_moe policy's "
+                              "character tokenizer cannot read them. Use model=smollm2, model=smollm2-moe or "
+                              "model.kind=pretrained model.path=<HF folder>.")
     for level in cfg.task.levels:
         if level < 2:
             raise ConfigError(f"task.levels={list(cfg.task.levels)}: every level (number of terms) must be >= 2.")
@@ -437,6 +468,7 @@ def validate(cfg) -> None:
         "rollout.group_size",
         "rollout.max_new_tokens",
         "rollout.num_workers",
+        "rollout.max_batch",
         "learner.mini_batches",
         "learner.length_buckets",
         "learner.ppo_epochs",
@@ -449,7 +481,8 @@ def validate(cfg) -> None:
         "learner.lr",
     ):
         _positive(path, _get(cfg, path))
-    for path in ("rollout_token_budget", "eval_every", "checkpoint_every", "algo.kl_coef", "algo.entropy_coef", "learner.grad_clip"):
+    for path in ("rollout_token_budget", "eval_every", "eval_samples", "checkpoint_every", "algo.kl_coef", "algo.entropy_coef",
+                 "learner.grad_clip"):
         _positive(path, _get(cfg, path), allow_zero=True)
     if not 0 < cfg.rollout.top_p <= 1:
         raise ConfigError(f"rollout.top_p={cfg.rollout.top_p} is not valid; it must lie in (0, 1].")
@@ -489,6 +522,28 @@ def _check_reward(cfg) -> None:
             load(e.name, dict(e.args))
         except VerifierNotFound as err:
             raise ConfigError(f"{where}: {err}") from None
+
+
+def _check_pretrained(m) -> None:
+    """model.kind=pretrained: a local HF causal-LM folder (config and tokenizer), with a chat template if asked for."""
+    from pathlib import Path
+
+    if not m.path:
+        raise ConfigError("model.path must name an HF model folder when model.kind=pretrained.")
+    folder = Path(m.path)
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"model.path={m.path} is not an HF model folder (no config.json there); save one with "
+                          "save_pretrained, or download a hub model to a folder first (runs never fetch from a hub).")
+    if m.chat_template:
+        from rlreason.policy import load_tokenizer
+
+        try:
+            template = load_tokenizer(folder).chat_template
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"model.path={m.path}: its tokenizer does not load ({e}).") from None
+        if not template:
+            raise ConfigError(f"model.chat_template=true but the tokenizer in model.path={m.path} has no chat template; "
+                              "set model.chat_template=false to feed prompts as raw text.")
 
 
 def _check_curriculum(cfg) -> None:
@@ -538,6 +593,7 @@ def _check_scale_out(cfg) -> None:
     if lora.r > 0 and lc.strategy == "deepspeed" and lc.zero_stage == 3:
         raise ConfigError("model.lora.r > 0 with learner.zero_stage=3 is not supported (the adapters are small and the "
                           "merged-weight sync reads whole base layers); use learner.zero_stage=2.")
+    _choice("model.lora.sync", lora.sync, ("adapter", "merged"))
     if not 0 <= lora.dropout < 1:
         raise ConfigError(f"model.lora.dropout={lora.dropout} is not valid; it must lie in [0, 1).")
     _choice("trainer.off_policy_steps", cfg.trainer.off_policy_steps, (0, 1))

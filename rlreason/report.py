@@ -8,8 +8,12 @@ seed left out (the label: the recipe plus whatever else differs between runs), a
   reach `--target` eval accuracy (mean over the seeds that reached it, and how many did), wall time
   (steps plus evaluations), and mean response length. Each is given as the mean ± the sample std
   over seeds (n = seeds).
+  Then, for runs whose evaluations include them (`eval_sampled`), held-out greedy accuracy, sampled
+  pass@1 and pass@k before and after RL (mean ± std over seeds, then every seed's change with twice
+  its binomial std), and the change in sampled pass@1 per category.
 - ``eval_vs_tokens.png``: eval accuracy against rollout tokens generated, one line per label (the
-  mean over seeds, interpolated onto a common token grid) with a band from the seeds' min to max.
+  mean over seeds, interpolated onto a common token grid, a marker at every evaluation) with a band
+  from the seeds' min to max.
 
 Runs that have not finished (no summary.json) are included and marked with a `*` in the n column.
 """
@@ -30,11 +34,12 @@ def load_run(run_dir: Path) -> dict:
     overrides = yaml.safe_load((run_dir / "overrides.yaml").read_text()) if (run_dir / "overrides.yaml").exists() else []
     config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
     choices = yaml.safe_load((run_dir / "choices.yaml").read_text()) if (run_dir / "choices.yaml").exists() else {}
-    evals, tokens = [], 0
+    evals, tokens, eval_records = [], 0, []
     for r in rows:
         tokens = r.get("rollout/tokens_total", tokens)
         if "accuracy/eval" in r:
             evals.append((tokens if r["step"] > 0 else 0, r["accuracy/eval"]))
+            eval_records.append(r)
     steps = [r for r in rows if "timing/step_s" in r]
     return {
         "dir": run_dir,
@@ -46,6 +51,9 @@ def load_run(run_dir: Path) -> dict:
         "wall_s": sum(r["timing/step_s"] for r in steps) + sum(r.get("timing/eval_s", 0.0) for r in rows),
         "response_len": statistics.fmean(r["response_length/mean"] for r in steps) if steps else float("nan"),
         "tokens": tokens,
+        # the first and last evaluation records (greedy, sampled, pass@k, per category, binomial stds)
+        "before": eval_records[0] if eval_records and eval_records[0]["step"] == 0 else None,
+        "after": eval_records[-1] if len(eval_records) > 1 else None,
     }
 
 
@@ -112,6 +120,47 @@ def markdown(table: list[dict], target: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+HELD_OUT = ("accuracy/eval", "accuracy/eval_sampled", "accuracy/eval_pass_at_k")  # greedy, sampled pass@1, pass@k
+
+
+def before_after(runs: list[dict]) -> str:
+    """Held-out metrics before -> after RL per label (runs with a step-0 and a later evaluation), every
+    seed's change in sampled pass@1 beside twice its binomial std, and sampled pass@1 per category."""
+    groups: dict[str, list[dict]] = {}
+    for r in runs:
+        if r["before"] and r["after"] and "accuracy/eval_sampled" in r["after"]:
+            groups.setdefault(r["label"], []).append(r)
+    if not groups:
+        return ""
+    k = next(iter(groups.values()))[0]["after"].get("eval/k", "k")
+    lines = ["", f"Held-out before -> after RL (k = {k}); per seed: change in sampled pass@1 (2 x binomial std of the after value)",
+             "", "| estimator | n | greedy | sampled pass@1 | pass@k | per seed: change in pass@1 (2σ) |", "|---|---:|---:|---:|---:|---|"]
+    for label, rs in groups.items():
+        cells = []
+        for key in HELD_OUT:
+            b = [r["before"][key] for r in rs if key in r["before"]]
+            a = [r["after"][key] for r in rs if key in r["after"]]
+            cells.append(f"{_ms(b, '.3f')} -> {_ms(a, '.3f')}")
+        seeds = ", ".join(f"s{r['seed']}: {r['after']['accuracy/eval_sampled'] - r['before']['accuracy/eval_sampled']:+.3f} "
+                          f"({2 * r['after'].get('eval/binomial_std_sampled', float('nan')):.3f})"
+                          for r in sorted(rs, key=lambda r: r["seed"]))
+        lines.append(f"| {label} | {len(rs)} | {' | '.join(cells)} | {seeds} |")
+    cats = sorted({key.split("/", 2)[2] for rs in groups.values() for r in rs for key in r["after"]
+                   if key.startswith("accuracy/eval_sampled/")})
+    if cats:
+        lines += ["", "Sampled pass@1 per category, before -> after (mean over seeds):", "",
+                  "| estimator | " + " | ".join(cats) + " |", "|---|" + "---:|" * len(cats)]
+        for label, rs in groups.items():
+            row = []
+            for c in cats:
+                key = f"accuracy/eval_sampled/{c}"
+                b = [r["before"][key] for r in rs if key in r["before"]]
+                a = [r["after"][key] for r in rs if key in r["after"]]
+                row.append(f"{statistics.fmean(b):.2f} -> {statistics.fmean(a):.2f}" if a and b else "n/a")
+            lines.append(f"| {label} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(runs: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -129,6 +178,8 @@ def plot(runs: list[dict], path: Path) -> None:
         grid = np.linspace(0, end, 50)
         ys = np.array([np.interp(grid, [t for t, _ in r["evals"]], [a for _, a in r["evals"]]) for r in rs])
         (line,) = ax.plot(grid, ys.mean(0), label=f"{label} (n={len(rs)})")
+        for r in rs:  # each evaluation as it was measured
+            ax.plot([t for t, _ in r["evals"]], [a for _, a in r["evals"]], "o", ms=3, color=line.get_color(), alpha=0.6)
         if len(rs) > 1:
             ax.fill_between(grid, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.15)
     ax.set_xlabel("rollout tokens generated")
@@ -162,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     label_runs(runs)
     out = args.out or args.dir
     out.mkdir(parents=True, exist_ok=True)
-    text = markdown(summarise(runs, args.target), args.target)
+    text = markdown(summarise(runs, args.target), args.target) + before_after(runs)
     (out / "report.md").write_text(text)
     plot(runs, out / "eval_vs_tokens.png")
     print(text)

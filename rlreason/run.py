@@ -366,13 +366,14 @@ def main(argv: list[str]) -> int:
     finally:
         trainer.close()
         ray.shutdown()
-    before, after = summary["eval_accuracy_before_rl"], summary["eval_accuracy_after_rl"]
+    before, after = summary["eval_before_rl"] or {}, summary["eval_after_rl"]
     fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
-    print(
-        f"done: {summary['steps']} steps. held-out eval accuracy: warm start {fmt(before)} -> after RL {fmt(after)}. "
-        f"metrics: {run_dir / 'metrics.jsonl'}",
-        flush=True,
-    )
+    start = "warm start" if summary["warmstart"] else "before RL"
+    lines = [f"held-out eval accuracy (greedy): {start} {fmt(before.get('accuracy/eval'))} -> after RL {fmt(after['accuracy/eval'])}"]
+    for key, name in (("accuracy/eval_sampled", "sampled pass@1"), ("accuracy/eval_pass_at_k", f"pass@{after.get('eval/k')}")):
+        if key in after:
+            lines.append(f"{name}: {fmt(before.get(key))} -> {fmt(after[key])}")
+    print(f"done: {summary['steps']} steps. " + "; ".join(lines) + f". metrics: {run_dir / 'metrics.jsonl'}", flush=True)
     return 0
 
 

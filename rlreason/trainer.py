@@ -80,7 +80,7 @@ class Trainer:
         cfg = self.cfg
         if self.start_step == 0:
             eval_before = self.evaluate(0)
-            self.telemetry.log({"step": 0, "accuracy/eval": eval_before, "eval/response_length": self.eval_length})
+            self.telemetry.log({"step": 0, **eval_before})
         else:
             eval_before = self._logged_eval(step=0)
         eval_after = None
@@ -113,8 +113,8 @@ class Trainer:
             metrics.update(self.memory_metrics())
             if last or (cfg.eval_every and step % cfg.eval_every == 0):
                 t0 = time.perf_counter()
-                eval_after = metrics["accuracy/eval"] = self.evaluate(step)
-                metrics["eval/response_length"] = self.eval_length
+                eval_after = self.evaluate(step)
+                metrics.update(eval_after)
                 metrics["timing/eval_s"] = time.perf_counter() - t0
             n_tokens = int(batch.response_mask.sum())
             metrics.update(
@@ -353,17 +353,52 @@ class Trainer:
             self.sync_weights(self.weights_version, stale)
         log.warning("%d rollout worker(s) restarted and brought to weights version %d", len(stale), self.weights_version)
 
-    def evaluate(self, step: int = 0) -> float:
-        """Greedy accuracy on the held-out split; under a length budget, with the step's budget in the
-        prompt and as the cap. The mean response length lands in `self.eval_length`."""
+    def evaluate(self, step: int = 0) -> dict:
+        """Held-out metrics (`rlreason/evaluation.py`): greedy accuracy and, with `eval_sampled`, pass@1
+        and pass@k from k = `eval_samples` (0: `rollout.group_size`) samples per problem at the training
+        temperature, overall and per category; under a length budget, with the step's budget in the
+        prompt and as the cap. Includes `eval/response_length` (greedy)."""
+        import dataclasses
+
+        from rlreason import eval_cache
+        from rlreason.assets import cache_root
+        from rlreason.evaluation import eval_metrics
+
+        cfg = self.cfg
         budget = self.curriculum.budget(max(step, 1))
         max_new = self.curriculum.cap(budget) if budget else None
         prompts = [self.prompt_text(p, budget) for p in self.evals]
-        batch, texts = self.generate(prompts, seed=0, greedy=True, max_new_tokens=max_new)
-        self.eval_length = float(batch.response_mask.sum(-1).float().mean())
+        samples = [p.as_sample() for p in self.evals]
         acc = self.reward_plan.accuracy
-        results = self.pool.score([Job(acc.name, texts, [p.as_sample() for p in self.evals], dict(acc.args), acc.timeout_s)])[0]
-        return sum(r.score for r in results) / len(results)
+        k = cfg.eval_samples or cfg.rollout.group_size
+        cached = None
+        if step == 0 and cfg.eval_cache:  # the initial policy's eval is the same in every run that starts from it
+            settings = {"rollout": dataclasses.asdict(cfg.rollout), "k": k if cfg.eval_sampled else 0, "max_new": max_new,
+                        "verifier": [acc.name, dict(acc.args)], "categories": [p.category for p in self.evals]}
+            cached = (cache_root() / "evals", eval_cache.initial_eval_key(self.policy_path, prompts, samples, settings))
+            hit = eval_cache.load(*cached)
+            if hit is not None:
+                log.info("initial evaluation read from the cache (%s.json; eval_cache=false recomputes it)", cached[1])
+                return hit
+
+        def scores(texts: list[str], repeat: int) -> list[float]:
+            job = Job(acc.name, texts, [s for s in samples for _ in range(repeat)], dict(acc.args), acc.timeout_s)
+            return [r.score for r in self.pool.score([job])[0]]
+
+        batch, texts = self.generate(prompts, seed=0, greedy=True, max_new_tokens=max_new)
+        greedy = scores(texts, 1)
+        metrics = {"eval/response_length": float(batch.response_mask.sum(-1).float().mean())}
+        sampled = None
+        if cfg.eval_sampled:
+            # one fixed seed for every evaluation of every run: differences between steps and runs come from the weights
+            batch, texts = self.generate(prompts, seed=999_983, n=k, max_new_tokens=max_new)
+            flat = scores(texts, k)
+            sampled = [flat[i * k:(i + 1) * k] for i in range(len(prompts))]
+            metrics["eval/sampled_response_length"] = float(batch.response_mask.sum(-1).float().mean())
+        metrics.update(eval_metrics([p.category for p in self.evals], greedy, sampled))
+        if cached is not None:
+            eval_cache.store(*cached, metrics)
+        return metrics
 
     # -- set-up -----------------------------------------------------------------------------------
     def _initial_policy(self) -> tuple[Path, dict | None]:
@@ -431,7 +466,7 @@ class Trainer:
             ray.remote(RolloutWorker).options(**rollout_res, **env, **place(L + k), max_restarts=cfg.rollout.max_restarts).remote(
                 cfg.rollout.engine, str(self.policy_path), threads(cfg.rollout.threads, R), cfg.seed + k,
                 cfg.rollout.vllm_kv_cache_gib, cfg.rollout.vllm_gpu_memory_utilization, cfg.rollout.dtype,
-                cfg.rollout.share_prefix,
+                cfg.rollout.share_prefix, cfg.rollout.compact_finished, cfg.rollout.max_batch,
             )
             for k in range(R)
         ]
@@ -494,21 +529,25 @@ class Trainer:
         self.rollout_tokens = state.get("rollout_tokens", 0)
         log.info("resumed from %s: step %d, %d prompts consumed", d, self.start_step, self.sampler.consumed)
 
-    def _logged_eval(self, step: int) -> float | None:
+    def _logged_eval(self, step: int) -> dict | None:
+        """The eval metrics logged at `step` (a resumed run's step-0 evaluation)."""
         path = self.run_dir / "metrics.jsonl"
         for line in path.read_text().splitlines() if path.exists() else []:
             rec = json.loads(line)
             if rec.get("step") == step and "accuracy/eval" in rec:
-                return rec["accuracy/eval"]
+                return {k: v for k, v in rec.items() if k.startswith(("accuracy/eval", "eval/"))}
         return None
 
-    def _summary(self, before: float | None, after: float) -> dict:
+    def _summary(self, before: dict | None, after: dict) -> dict:
+        """summary.json: the greedy accuracy before and after RL (as always), and every eval metric of both."""
         summary = {
             "run_dir": str(self.run_dir),
             "steps": self.steps_done,
             "rollout_tokens": self.rollout_tokens,
-            "eval_accuracy_before_rl": before,
-            "eval_accuracy_after_rl": after,
+            "eval_accuracy_before_rl": before.get("accuracy/eval") if before else None,
+            "eval_accuracy_after_rl": after["accuracy/eval"],
+            "eval_before_rl": before,
+            "eval_after_rl": after,
             "warmstart": self.warmstart_info,
         }
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -77,6 +77,9 @@ def test_smoke_run_end_to_end(tmp_path):
         assert m["verifier/timeout_rate"] == 0.0 and m["verifier/error_rate"] == 0.0
     assert "accuracy/eval" in metrics[0] and metrics[0]["step"] == 0
     assert "accuracy/eval" in steps[-1] and steps[-1]["timing/eval_s"] > 0
+    for record in (metrics[0], steps[-1]):  # sampled pass@1 and pass@k (k = group size) beside greedy
+        assert record["eval/k"] == 4
+        assert 0 <= record["accuracy/eval_sampled"] <= record["accuracy/eval_pass_at_k"] <= 1
     assert (run_dir / "checkpoints" / "step_000002" / "policy" / "config.json").exists()
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert "held-out eval accuracy" in proc.stdout

@@ -1,4 +1,5 @@
-"""Task loading: procedural arithmetic, GSM8K, any JSONL file (e.g. MedQA), or a reasoning-gym generator.
+"""Task loading: procedural arithmetic, elementary math for instruct models, GSM8K, any JSONL file (e.g. MedQA),
+or a reasoning-gym generator.
 
 Rows from files are checked as they load: a row that is not JSON, lacks a field, has a field of the
 wrong type, or whose gold answer the reward verifiers cannot read (their ``validate``) is a bad row.
@@ -88,6 +89,11 @@ def load_task(task_cfg, validators: Iterable[Callable] = (), report: list | None
     if task_cfg.name == "arithmetic":
         return make_splits(task_cfg.seed, task_cfg.num_train, task_cfg.num_eval, task_cfg.num_terms, task_cfg.max_value,
                            task_cfg.eval_fraction, list(task_cfg.levels) or None)
+    if task_cfg.name == "elementary_math":
+        from rlreason.data import elementary_math
+
+        return elementary_math.make_splits(list(task_cfg.categories), task_cfg.num_train, task_cfg.eval_per_category,
+                                           task_cfg.seed)
     if task_cfg.name == "gsm8k":
         train = gsm8k_split(task_cfg.path, "train", checker)[: task_cfg.num_train]
         evals = gsm8k_split(task_cfg.path, "test", checker)[: task_cfg.num_eval]

@@ -73,9 +73,9 @@ class ConsoleSink:
 
     def log(self, m: dict) -> None:
         step = m.get("step", 0)
+        if "accuracy/eval" in m:
+            self.console.print(eval_line(m), soft_wrap=True)
         if "reward/mean" not in m:  # eval-only record
-            if "accuracy/eval" in m:
-                self.console.print(f"[bold]eval[/] step {step}: accuracy/eval [cyan]{m['accuracy/eval']:.3f}[/]")
             return
         done = step - self.start_step
         elapsed = time.monotonic() - self.t0
@@ -85,8 +85,6 @@ class ConsoleSink:
             f"reward [green]{m['reward/mean']:.3f}[/]",
             f"acc [green]{m.get('accuracy/train', float('nan')):.3f}[/]",
         ]
-        if "accuracy/eval" in m:
-            parts.append(f"eval [cyan]{m['accuracy/eval']:.3f}[/]")
         parts += [
             f"len {m.get('response_length/mean', 0):.1f}",
             f"{m.get('throughput/rollout_tokens_per_s', 0):,.0f} tok/s",
@@ -97,6 +95,25 @@ class ConsoleSink:
 
     def close(self) -> None:
         pass
+
+
+def eval_line(m: dict) -> str:
+    """One console line per evaluation: greedy, sampled pass@1 and pass@k, each with its binomial std,
+    then the categories."""
+    def one(key: str, name: str) -> str | None:
+        if key not in m:
+            return None
+        std = m.get({"accuracy/eval": "eval/binomial_std", "accuracy/eval_sampled": "eval/binomial_std_sampled"}.get(key, ""))
+        return f"{name} [cyan]{m[key]:.3f}[/]" + (f" ±{std:.3f}" if std is not None else "")
+
+    k = m.get("eval/k")
+    metrics = (("accuracy/eval", "greedy"), ("accuracy/eval_sampled", "pass@1"), ("accuracy/eval_pass_at_k", f"pass@{k}"))
+    parts = [p for p in (one(key, name) for key, name in metrics) if p]
+    cats = sorted({key.rsplit("/", 1)[1] for key in m if key.startswith("accuracy/eval/")})
+    for c in cats:
+        shown = "/".join(f"{m[f'{key}/{c}']:.2f}" for key, _ in metrics if f"{key}/{c}" in m)  # greedy/pass@1/pass@k
+        parts.append(f"{c} {shown}")
+    return f"[bold]eval[/] step {m.get('step', 0)}: " + " | ".join(parts)
 
 
 class Telemetry:
