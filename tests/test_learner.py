@@ -276,6 +276,59 @@ def test_length_buckets_give_one_padded_forwards_values_and_gradients(dense_poli
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("buckets", [1, 3])
+def test_shared_prompt_forward_gives_one_padded_forwards_values_and_gradients(dense_policy, dense_rollout, buckets):
+    """Each distinct prompt forwarded once, its KV cache gathered for its samples: the padded forward's
+    logprobs, entropy, hidden states, vocabulary log-probs and gradients (prompts of different lengths)."""
+    from rlreason.learner.forward import response_logprobs, shared_prompt_response_logprobs
+    from rlreason.policy import load_policy
+
+    b = dense_rollout
+    assert len(set(b.prompt_mask.sum(1).tolist())) > 1  # left padding differs between prompts
+    model = load_policy(dense_policy)
+    args = (b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask)
+    kw = dict(with_entropy=True, with_hidden=True, with_vocab_logprobs=True)
+    ref = response_logprobs(model, *args, **kw)
+    (ref["logprobs"] * b.response_mask).sum().backward()
+    ref_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    out = shared_prompt_response_logprobs(model, *args, buckets, **kw)
+    (out["logprobs"] * b.response_mask).sum().backward()
+    m = b.response_mask.bool()
+    for key in ref:
+        assert out[key].shape == ref[key].shape, key
+        torch.testing.assert_close(out[key][m], ref[key][m], rtol=1e-4, atol=1e-5, msg=key)
+    for g, r in zip((p.grad for p in model.parameters()), ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("policy,dtype", [("dense", "fp32"), ("dense", "bf16"), ("moe", "fp32")])
+def test_adapter_only_sync_serves_the_merged_weights_bit_for_bit(policy, dtype, dense_policy, tiny_policy):
+    """With LoRA only the adapters travel (factors for linear layers; whole deltas for the MoE's fused
+    experts, which peft wraps as parameters); the engine's weights then equal the learner's merge exactly,
+    in the engine's dtype, after any number of updates."""
+    from rlreason.config import LoRAConfig
+    from rlreason.learner.lora import adapter_update, merged_state_dict
+
+    path = dense_policy if policy == "dense" else tiny_policy
+    learner = Learner(path, LearnerConfig(), AlgoConfig(), 1.0, 16, lora_cfg=LoRAConfig(r=4, alpha=8))
+    worker = RolloutWorker("hf", path, threads=2, dtype=dtype)
+    for step in range(2):
+        with torch.no_grad():  # adapters as after some training (B starts at zero)
+            for name, p in learner.model.named_parameters():
+                if "lora_" in name:
+                    p.add_(torch.randn_like(p) * 0.05)
+        update = adapter_update(learner.model)
+        assert update.factors and (policy == "dense") == (not update.deltas)
+        worker.load_weights(update.to_transport(), step + 1)
+        merged, served = merged_state_dict(learner.model), worker.engine.model.state_dict()
+        changed = 0
+        for key, value in merged.items():
+            assert torch.equal(served[key], value.to(served[key].dtype)), key
+            changed += key in update.keys()
+        assert changed == len(update.keys()) and worker.weights_version == step + 1
+
+
 def _step_and_grads(policy, batch, estimator, **learner_kw):
     """One train step's metrics and the gradients the optimizer stepped with (compared instead of the
     new weights: Adam's first step turns float noise in ~0 gradient entries into +-lr).

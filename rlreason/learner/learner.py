@@ -6,7 +6,8 @@ mini-batches of the PPO-clip loss, one AdamW step each, gradients clipped to `le
 With one epoch and one mini-batch the update is on-policy and the old logprobs are the detached
 logprobs of the very forward that is differentiated, so the ratio is exactly 1; with
 `learner.fuse_old_pass` (and one rank) that forward is also the old-policy pass, which then does not
-run separately. Forwards run in `learner.length_buckets` length buckets (`forward.py`). `algo.tis_mode`
+run separately. Forwards run in `learner.length_buckets` length buckets, and with
+`learner.share_prompt` each distinct prompt is forwarded once for its whole group (`forward.py`). `algo.tis_mode`
 reweights the policy-gradient term by the (truncated) learner/sampler ratio, see
 `algos/rollout_correction.py`.
 """
@@ -14,6 +15,7 @@ reweights the policy-gradient term by the (truncated) learner/sampler ratio, see
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -28,8 +30,8 @@ from rlreason.algos.kl import kl_k3
 from rlreason.algos.losses import aggregate, aggregate_weights, gspo_loss, ppo_clip_loss
 from rlreason.algos.rollout_correction import rollout_correction_weights
 from rlreason.batch import RolloutBatch
-from rlreason.learner.forward import bucketed_response_logprobs
-from rlreason.learner.lora import add_lora, load_adapter, merged_state_dict
+from rlreason.learner.forward import bucketed_response_logprobs, shared_prompt_response_logprobs
+from rlreason.learner.lora import adapter_update, add_lora, load_adapter, merged_state_dict
 from rlreason.learner.strategy import DeepSpeedStrategy, LocalStrategy, free_address
 from rlreason.moe.control import RouterControl
 from rlreason.moe.metrics import logprob_gap
@@ -60,6 +62,7 @@ class Learner:
         self.rank = rank
         self.model = load_policy(model_path).to(self.device)
         self.lora = lora_cfg is not None and lora_cfg.r > 0
+        self.adapter_sync = self.lora and getattr(lora_cfg, "sync", "adapter") == "adapter"
         if self.lora:
             self.model = add_lora(self.model, lora_cfg)
         self.model.train()
@@ -124,9 +127,13 @@ class Learner:
             # checkpointed recomputation in backward would not know which bucket it replays: one forward then
             buckets = 1 if self.cfg.grad_checkpointing else buckets
             segment = self.moe.tap.segment
+        # each distinct prompt forwarded once (not under a router tap, whose segments follow the padded layout,
+        # nor with checkpointing, which turns HF's KV cache off)
+        shared = self.cfg.share_prompt and segment is None and not self.cfg.grad_checkpointing
+        forward = shared_prompt_response_logprobs if shared else functools.partial(bucketed_response_logprobs, segment=segment)
         with self._autocast():
-            return bucketed_response_logprobs(
-                model, b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask, buckets, segment=segment,
+            return forward(
+                model, b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask, buckets,
                 temperature=self.temperature,
                 with_entropy=with_entropy, with_hidden="hidden" in needs, with_vocab_logprobs="vocab_logprobs" in needs,
                 entropy_grad=entropy_grad,
@@ -152,7 +159,8 @@ class Learner:
     def put_weights(self) -> list | None:
         """The weights `get_weights` returns, put into Ray's object store from this actor (a
         collective under ZeRO-3: call it on all ranks): `[ref]` on rank 0, None elsewhere. The driver
-        passes the ref on to the rollout workers without fetching it (`rollout/transfer.py`)."""
+        passes the ref on to the rollout workers without fetching it (`rollout/transfer.py`). With LoRA
+        and `model.lora.sync=adapter`, only the adapters (an `AdapterUpdate`): the engine merges them."""
         import ray
 
         from rlreason.rollout.transfer import to_transport
@@ -160,6 +168,8 @@ class Learner:
         with self.strategy.full_params():
             if self.rank != 0:
                 return None
+            if self.adapter_sync:
+                return [ray.put(adapter_update(self.model).to_transport())]
             weights = merged_state_dict(self.model) if self.lora else self.model.state_dict()
             return [ray.put(to_transport(weights))]  # copied into the store here, inside the gather
 

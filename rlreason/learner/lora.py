@@ -1,8 +1,10 @@
 """LoRA adapters on the policy through peft (`model.lora.r > 0`).
 
-The base weights stay frozen and only the adapters train. The rollout engines get merged weights,
+The base weights stay frozen and only the adapters train. The rollout engines serve merged weights,
 W + (alpha / r) * B A per adapted layer, computed from the adapters without touching the base (a merge
-and unmerge in place would drift the frozen weights by rounding every step). Checkpoints hold the
+and unmerge in place would drift the frozen weights by rounding every step): either merged here
+(`merged_state_dict`, for engines that load whole weights) or, with `model.lora.sync=adapter`, merged by
+the engine from the adapters alone (`adapter_update`; `rlreason/rollout/transfer.py`). Checkpoints hold the
 adapters only; the base is the run's initial policy, which `adapter_config.json` names.
 """
 
@@ -55,6 +57,31 @@ def merged_state_dict(model) -> dict[str, torch.Tensor]:
         out[key] = value.detach().to("cpu", copy=True)
     if deltas:
         raise RuntimeError(f"LoRA deltas with no base weight to merge into: {sorted(deltas)[:3]}")
+    return out
+
+
+@torch.no_grad()
+def adapter_update(model):
+    """The adapters as an `AdapterUpdate`: factors for plain linear layers, whole deltas for the rest
+    (fused MoE experts and routers wrapped by peft's `ParamWrapper`, DoRA, fan-in/fan-out layers)."""
+    from peft.tuners.lora import Linear, LoraLayer
+
+    from rlreason.rollout.transfer import AdapterUpdate
+
+    out = AdapterUpdate()
+    for name, module in model.get_base_model().named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        key = f"{name}.{getattr(module, 'parameter_name', None) or 'weight'}".replace(".base_layer", "")
+        adapters = [a for a in module.active_adapters if a in module.lora_A]
+        if not adapters:
+            continue
+        a = adapters[0]
+        if type(module) is Linear and len(adapters) == 1 and not module.fan_in_fan_out and not module.use_dora.get(a, False):
+            out.factors[key] = (module.lora_A[a].weight.detach().to("cpu", copy=True),
+                                module.lora_B[a].weight.detach().to("cpu", copy=True), float(module.scaling[a]))
+        else:
+            out.deltas[key] = sum(module.get_delta_weight(a) for a in adapters).detach().to("cpu", copy=True)
     return out
 
 

@@ -5,7 +5,9 @@ same quantity the learner computes), so `kl/rollout_vs_train` measures only nume
 `top_k` is disabled explicitly (HF's default of 50 would silently truncate the distribution).
 With `share_prefix` (the default), each distinct prompt is prefilled once and its KV cache copied to
 its n samples, instead of prefilling every copy (dense policies; an MoE policy whose routes are
-recorded prefills every copy, since the recorder follows generate's own forwards).
+recorded prefills every copy, since the recorder follows generate's own forwards). With
+`compact_finished` (the default) policies whose routes are not recorded sample through
+`rollout/decode.py`, which stops computing a response once it has ended; else HF `generate`.
 For MoE policies it also records the routed expert ids of every generated token
 (`rlreason/rollout/routing.py`), carried in `RolloutBatch.routed_experts`.
 """
@@ -19,6 +21,7 @@ import torch
 
 from rlreason.batch import RolloutBatch, per_prompt_counts
 from rlreason.policy import load_policy, load_tokenizer
+from rlreason.rollout.decode import sample
 from rlreason.rollout.routing import RoutingRecorder, find_routers
 
 log = logging.getLogger(__name__)
@@ -26,11 +29,13 @@ log = logging.getLogger(__name__)
 
 class HFEngine:
     def __init__(self, model_path: str, threads: int = 0, record_routing: bool = True, dtype: str = "fp32",
-                 share_prefix: bool = True):
+                 share_prefix: bool = True, compact_finished: bool = True, max_batch: int = 256):
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = dtype
+        self.model_path = model_path
+        self.lora_base = None  # fp32 copies of the adapted base weights, kept from the first adapter update
         self.model = load_policy(model_path, dtype).to(self.device)
         self.model.eval()
         self.record_routing = record_routing and bool(find_routers(self.model))
@@ -40,6 +45,8 @@ class HFEngine:
 
         self.moe_shape = moe_shape(self.model.config.to_dict())
         self.share_prefix = share_prefix
+        self.compact_finished = compact_finished
+        self.max_batch = max_batch
         self.tokenizer = load_tokenizer(model_path)
         self.pad_id = self.tokenizer.pad_token_id
         self.eos_id = self.tokenizer.eos_token_id
@@ -47,7 +54,18 @@ class HFEngine:
     def load_state_dict(self, state_dict: dict) -> None:
         self.model.load_state_dict(state_dict, strict=True)  # copies cast to the engine's dtype
 
-    @torch.no_grad()
+    def load_adapter_update(self, update) -> None:
+        """LoRA: W = W0 + (B @ A) * scale for every adapted weight, from fp32 copies of the initial
+        (base) weights read once from the policy folder, so a bf16 engine rounds once, as it would
+        loading the learner's merged weights."""
+        from rlreason.rollout.transfer import merge_adapter_update
+
+        if self.lora_base is None:
+            base = load_policy(self.model_path, "fp32").state_dict()
+            self.lora_base = {k: base[k].to(self.device) for k in update.keys()}
+            del base
+        merge_adapter_update(self.model.state_dict(), self.lora_base, update)
+
     def generate(
         self,
         prompts: list[str],
@@ -58,29 +76,53 @@ class HFEngine:
         greedy: bool = False,
         seed: int | None = None,
     ) -> tuple[RolloutBatch, list[str]]:
+        """n samples of each prompt, in chunks of whole prompts of at most `max_batch` sequences (one
+        chunk unless the request is larger: the memory of a decode grows with its rows, and on a CPU
+        its time per token barely shrinks with more of them)."""
+        counts = per_prompt_counts(n, len(prompts)).tolist()
+        chunks, start, rows = [], 0, 0
+        for i, c in enumerate(counts):
+            if rows and rows + c > self.max_batch:
+                chunks.append((start, i))
+                start, rows = i, 0
+            rows += c
+        chunks.append((start, len(prompts)))
+        if seed is not None:
+            torch.manual_seed(seed)
+        parts, texts = [], []
+        for a, b in chunks:
+            part, t = self._generate_chunk(prompts[a:b], counts[a:b], max_new_tokens, temperature, top_p, greedy)
+            part.group_index = part.group_index + a
+            parts.append(part)
+            texts += t
+        return RolloutBatch.concat(parts, self.pad_id), texts
+
+    @torch.no_grad()
+    def _generate_chunk(self, prompts: list[str], n: list[int], max_new_tokens: int, temperature: float, top_p: float,
+                        greedy: bool) -> tuple[RolloutBatch, list[str]]:
         enc = self.tokenizer(
             prompts, return_tensors="pt", padding=True, add_special_tokens=False, return_token_type_ids=False
         )
         counts = per_prompt_counts(n, len(prompts))
         prompt_ids = enc.input_ids.repeat_interleave(counts, dim=0).to(self.device)
         prompt_mask = enc.attention_mask.repeat_interleave(counts, dim=0).to(self.device)
-        if seed is not None:
-            torch.manual_seed(seed)
         recorder = RoutingRecorder(self.model, prompt_ids.shape[0]) if self.record_routing else None
         cache = None
         if self.share_prefix and recorder is None and int(counts.max()) > 1 and enc.input_ids.shape[1] > 1:
             cache = self._shared_prefix_cache(enc.input_ids.to(self.device), enc.attention_mask.to(self.device), counts)
-        with recorder if recorder is not None else contextlib.nullcontext():
-            out = self._generate(prompt_ids, prompt_mask, max_new_tokens, temperature, top_p, greedy, cache)
-        P = prompt_ids.shape[1]
-
-        response_ids = out.sequences[:, P:]
-        temp = 1.0 if greedy else temperature
-        # one step at a time: no [B, T, V] stack of the logits (SmolLM2: 196 KB per token)
-        logprobs = torch.stack([
-            torch.log_softmax(step.float() / temp, dim=-1).gather(-1, response_ids[:, t, None]).squeeze(-1)
-            for t, step in enumerate(out.logits)
-        ], dim=1)
+        if recorder is None and self.compact_finished:  # ended responses leave the batch (rollout/decode.py)
+            response_ids, logprobs = sample(self.model, prompt_ids, prompt_mask, max_new_tokens, self.eos_id, self.pad_id,
+                                            temperature, top_p, greedy, cache)
+        else:
+            with recorder if recorder is not None else contextlib.nullcontext():
+                out = self._generate(prompt_ids, prompt_mask, max_new_tokens, temperature, top_p, greedy, cache)
+            response_ids = out.sequences[:, prompt_ids.shape[1]:]
+            temp = 1.0 if greedy else temperature
+            # one step at a time: no [B, T, V] stack of the logits (SmolLM2: 196 KB per token)
+            logprobs = torch.stack([
+                torch.log_softmax(step.float() / temp, dim=-1).gather(-1, response_ids[:, t, None]).squeeze(-1)
+                for t, step in enumerate(out.logits)
+            ], dim=1)
         is_eos = response_ids == self.eos_id
         # tokens up to and including the first EOS belong to the response
         after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0

@@ -5,14 +5,57 @@ reference, so the weights never pass through the driver. Tensors travel as numpy
 serialises out of band and a worker maps zero-copy from shared memory: one copy into the store,
 one copy into the engine's parameters. Tensors that share storage (tied embeddings) are sent once.
 Dtypes numpy lacks (bfloat16) travel as torch tensors.
+
+With LoRA only the adapters change, so only they travel (`AdapterUpdate`): per adapted weight the
+factors A [r, in] and B [out, r] and the scale alpha / r (4.9 M numbers for SmolLM2 at rank 16,
+instead of 134.5 M), and the engine rebuilds W = W0 + (B @ A) * scale from its own fp32 copy of the
+base W0, by the same operations as the learner's merge, so the served weights are bit for bit the
+merged ones (`merge_adapter_update`).
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+
+@dataclass
+class AdapterUpdate:
+    """The LoRA adapters as the rollout engines need them: `factors[key] = (A, B, scale)` for a plain
+    linear weight, `deltas[key]` = the whole delta for weights that are not (fused MoE experts). Keys
+    are the base model's state-dict names of the adapted weights."""
+
+    factors: dict = field(default_factory=dict)
+    deltas: dict = field(default_factory=dict)
+
+    def keys(self) -> list[str]:
+        return [*self.factors, *self.deltas]
+
+    def to_transport(self) -> "AdapterUpdate":
+        one = lambda t: to_transport({"t": t})["t"]  # noqa: E731
+        return AdapterUpdate({k: (one(a), one(b), s) for k, (a, b, s) in self.factors.items()}, to_transport(self.deltas))
+
+    def from_transport(self) -> "AdapterUpdate":
+        one = lambda x: from_transport({"x": x})["x"]  # noqa: E731
+        return AdapterUpdate({k: (one(a), one(b), s) for k, (a, b, s) in self.factors.items()}, from_transport(self.deltas))
+
+
+def lora_delta(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+    """(B @ A) * scale, computed as peft's `Linear.get_delta_weight` does (fp32, no fan-in/fan-out transpose)."""
+    return (b.float() @ a.float()) * scale
+
+
+@torch.no_grad()
+def merge_adapter_update(params: dict, base: dict, update: AdapterUpdate) -> None:
+    """Write W0 + delta into every adapted weight of `params` (the engine's state dict, any dtype)
+    from `base` (fp32 copies of the initial weights under the same keys)."""
+    for key, (a, b, scale) in update.factors.items():
+        params[key].copy_(base[key] + lora_delta(a, b, scale).to(base[key].dtype))
+    for key, delta in update.deltas.items():
+        params[key].copy_(base[key] + delta.to(base[key].dtype))
 
 
 def to_transport(state_dict: dict) -> dict:

@@ -16,11 +16,13 @@ class RolloutWorker:
     """Wrap with `ray.remote(num_cpus=...)(RolloutWorker)`; also usable in-process for tests."""
 
     def __init__(self, engine: str, model_path: str, threads: int = 0, seed: int = 0, vllm_kv_cache_gib: int = 1,
-                 vllm_gpu_memory_utilization: float = 0.3, dtype: str = "fp32", share_prefix: bool = True):
+                 vllm_gpu_memory_utilization: float = 0.3, dtype: str = "fp32", share_prefix: bool = True,
+                 compact_finished: bool = True, max_batch: int = 256):
         if engine == "hf":
             from rlreason.rollout.hf import HFEngine
 
-            self.engine = HFEngine(model_path, threads=threads, dtype=dtype, share_prefix=share_prefix)
+            self.engine = HFEngine(model_path, threads=threads, dtype=dtype, share_prefix=share_prefix,
+                                   compact_finished=compact_finished, max_batch=max_batch)
         elif engine == "vllm":
             from rlreason.rollout.vllm import VLLMEngine
 
@@ -32,13 +34,17 @@ class RolloutWorker:
         self.weights_version = 0
         self._routing_warned = False
 
-    def load_weights(self, state_dict: dict, version: int) -> int:
+    def load_weights(self, state_dict, version: int) -> int:
         """Replace all weights at once; generation never sees a mix of versions (the actor is
         single-threaded, so no generate call can interleave with this one). Tensors or, from
-        `Learner.put_weights`, numpy arrays mapped from the object store."""
-        from rlreason.rollout.transfer import from_transport
+        `Learner.put_weights`, numpy arrays mapped from the object store; or an `AdapterUpdate`
+        (LoRA adapters only), which the engine merges into its base weights."""
+        from rlreason.rollout.transfer import AdapterUpdate, from_transport
 
-        self.engine.load_state_dict(from_transport(state_dict))
+        if isinstance(state_dict, AdapterUpdate):
+            self.engine.load_adapter_update(state_dict.from_transport())
+        else:
+            self.engine.load_state_dict(from_transport(state_dict))
         self.weights_version = version
         return version
 
