@@ -36,11 +36,11 @@ $(STAMP): pyproject.toml Makefile
 run: $(STAMP)
 	$(PY) rlreason/run.py recipe=tempo $(RUN_ARGS)
 
-# GRPO with LoRA for 12 steps, evaluated before, at step 6 and at the end on 80 held-out problems (16 per
+# GRPO with LoRA for 10 steps, evaluated before, at step 5 and at the end on 60 held-out problems (12 per
 # skill) with 4 samples each: greedy, sampled pass@1 and pass@4, per skill. The full run: drop the overrides.
 run-smollm2: $(STAMP)
-	$(PY) rlreason/run.py model=smollm2 task=elementary_math recipe=grpo total_steps=12 eval_every=6 \
-		task.eval_per_category=16 eval_samples=4 $(RUN_ARGS)
+	$(PY) rlreason/run.py model=smollm2 task=elementary_math recipe=grpo total_steps=10 eval_every=5 \
+		task.eval_per_category=12 eval_samples=4 $(RUN_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest tests --durations=25
