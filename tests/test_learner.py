@@ -251,21 +251,20 @@ def dense_rollout(dense_policy):
     return batch
 
 
-def test_length_buckets_give_one_padded_forwards_values_and_gradients(dense_policy, dense_rollout):
-    from rlreason.learner.forward import bucketed_response_logprobs, response_logprobs
+def _assert_matches_padded_forward(policy_path, b, forward) -> None:
+    """`forward(model, prompt_ids, prompt_mask, response_ids, response_mask, **kw)` gives one padded
+    forward's logprobs, entropy, hidden states, vocabulary log-probs (finite where masked) and gradients."""
+    from rlreason.learner.forward import response_logprobs
     from rlreason.policy import load_policy
 
-    b = dense_rollout
-    lens = b.response_mask.sum(1)
-    assert lens.min() < lens.max()  # the batch has padding for buckets to save
-    model = load_policy(dense_policy)
+    model = load_policy(policy_path)
     args = (b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask)
     kw = dict(with_entropy=True, with_hidden=True, with_vocab_logprobs=True)
     ref = response_logprobs(model, *args, **kw)
     (ref["logprobs"] * b.response_mask).sum().backward()
     ref_grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
-    out = bucketed_response_logprobs(model, *args, buckets=3, **kw)
+    out = forward(model, *args, **kw)
     (out["logprobs"] * b.response_mask).sum().backward()
     m = b.response_mask.bool()
     for key in ref:
@@ -276,30 +275,22 @@ def test_length_buckets_give_one_padded_forwards_values_and_gradients(dense_poli
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
 
 
+def test_length_buckets_give_one_padded_forwards_values_and_gradients(dense_policy, dense_rollout):
+    from rlreason.learner.forward import bucketed_response_logprobs
+
+    lens = dense_rollout.response_mask.sum(1)
+    assert lens.min() < lens.max()  # the batch has padding for buckets to save
+    _assert_matches_padded_forward(dense_policy, dense_rollout, lambda *a, **kw: bucketed_response_logprobs(*a, buckets=3, **kw))
+
+
 @pytest.mark.parametrize("buckets", [1, 3])
 def test_shared_prompt_forward_gives_one_padded_forwards_values_and_gradients(dense_policy, dense_rollout, buckets):
-    """Each distinct prompt forwarded once, its KV cache gathered for its samples: the padded forward's
-    logprobs, entropy, hidden states, vocabulary log-probs and gradients (prompts of different lengths)."""
-    from rlreason.learner.forward import response_logprobs, shared_prompt_response_logprobs
-    from rlreason.policy import load_policy
+    """Each distinct prompt forwarded once, its KV cache gathered for its samples (prompts of different lengths)."""
+    from rlreason.learner.forward import shared_prompt_response_logprobs
 
-    b = dense_rollout
-    assert len(set(b.prompt_mask.sum(1).tolist())) > 1  # left padding differs between prompts
-    model = load_policy(dense_policy)
-    args = (b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask)
-    kw = dict(with_entropy=True, with_hidden=True, with_vocab_logprobs=True)
-    ref = response_logprobs(model, *args, **kw)
-    (ref["logprobs"] * b.response_mask).sum().backward()
-    ref_grads = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    out = shared_prompt_response_logprobs(model, *args, buckets, **kw)
-    (out["logprobs"] * b.response_mask).sum().backward()
-    m = b.response_mask.bool()
-    for key in ref:
-        assert out[key].shape == ref[key].shape, key
-        torch.testing.assert_close(out[key][m], ref[key][m], rtol=1e-4, atol=1e-5, msg=key)
-    for g, r in zip((p.grad for p in model.parameters()), ref_grads):
-        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
+    assert len(set(dense_rollout.prompt_mask.sum(1).tolist())) > 1  # left padding differs between prompts
+    _assert_matches_padded_forward(dense_policy, dense_rollout,
+                                   lambda *a, **kw: shared_prompt_response_logprobs(*a, buckets=buckets, **kw))
 
 
 @pytest.mark.parametrize("policy,dtype", [("dense", "fp32"), ("dense", "bf16"), ("moe", "fp32")])
