@@ -33,11 +33,20 @@ import contextlib
 import torch
 
 
+def unwrap(module):
+    """The module under peft's LoRA wrappers (`base_layer`, possibly nested): with LoRA on an MoE, peft
+    wraps each router, whose forward then runs the router itself with the adapted weight, so hooks
+    on the router see the adapted logits."""
+    while hasattr(module, "base_layer"):
+        module = module.base_layer
+    return module
+
+
 def moe_blocks(model) -> list[torch.nn.Module]:
     """The MoE blocks of `model` in layer order: modules with a ``gate`` router and ``experts``."""
     return [
         m for m in model.modules()
-        if type(getattr(m, "gate", None)).__name__.endswith("TopKRouter") and hasattr(m, "experts")
+        if type(unwrap(getattr(m, "gate", None))).__name__.endswith("TopKRouter") and hasattr(m, "experts")
     ]
 
 
@@ -88,7 +97,7 @@ class RouterTap:
 
     def __init__(self, model):
         blocks = moe_blocks(model)
-        self.routers = [b.gate for b in blocks]
+        self.routers = [unwrap(b.gate) for b in blocks]
         self.num_layers = len(self.routers)
         self.top_k = self.routers[0].top_k if blocks else 0
         self.num_experts = self.routers[0].num_experts if blocks else 0
@@ -99,7 +108,7 @@ class RouterTap:
         self._reset()
         self._handles = []
         for layer, block in enumerate(blocks):
-            self._handles.append(block.gate.register_forward_hook(self._router_hook(layer)))
+            self._handles.append(self.routers[layer].register_forward_hook(self._router_hook(layer)))
             self._handles.append(block.experts.register_forward_pre_hook(self._experts_hook(layer), with_kwargs=True))
 
     def _reset(self):
