@@ -33,28 +33,25 @@ def binomial_std(p: float, n: int) -> float:
 
 def eval_metrics(categories: list[str], greedy: list[float], sampled: list[list[float]] | None, k: int | None = None) -> dict:
     """The metrics above for problems with `categories[i]`, greedy score `greedy[i]` and sampled scores
-    `sampled[i]` (None: greedy only). For pass@k a sample counts as correct when its score is >= 0.5
-(correctness verifiers score 0 or 1); greedy and pass@1 average the scores themselves."""
+        `sampled[i]` (None: greedy only). For pass@k a sample counts as correct when its score is >= 0.5
+    (correctness verifiers score 0 or 1); greedy and pass@1 average the scores themselves."""
     if len(categories) != len(greedy) or (sampled is not None and len(sampled) != len(greedy)):
         raise ValueError("one category, greedy score and list of samples per problem")
     per: dict[str, list[int]] = defaultdict(list)
     for i, c in enumerate(categories):
         per[c].append(i)
     groups = [("", list(range(len(greedy))))] + ([(f"/{c}", idx) for c, idx in sorted(per.items())] if len(per) > 1 else [])
-    out = {}
+    kk = (k or len(sampled[0])) if sampled is not None else None
+    out = {} if sampled is None else {"eval/k": kk}
     for suffix, idx in groups:
         acc = sum(greedy[i] for i in idx) / len(idx)
         out[f"accuracy/eval{suffix}"] = acc
         out[f"eval/binomial_std{suffix}"] = binomial_std(acc, len(idx))
         if sampled is None:
             continue
-        n = len(sampled[idx[0]])
-        kk = k or n
         p1 = sum(sum(sampled[i]) / len(sampled[i]) for i in idx) / len(idx)
         out[f"accuracy/eval_sampled{suffix}"] = p1
         out[f"eval/binomial_std_sampled{suffix}"] = binomial_std(p1, len(idx))
         out[f"accuracy/eval_pass_at_k{suffix}"] = sum(
             pass_at_k(len(sampled[i]), sum(s >= 0.5 for s in sampled[i]), kk) for i in idx) / len(idx)
-    if sampled is not None:
-        out["eval/k"] = k or len(sampled[0])
     return out

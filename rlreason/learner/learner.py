@@ -62,7 +62,7 @@ class Learner:
         self.rank = rank
         self.model = load_policy(model_path).to(self.device)
         self.lora = lora_cfg is not None and lora_cfg.r > 0
-        self.adapter_sync = self.lora and getattr(lora_cfg, "sync", "adapter") == "adapter"
+        self.adapter_sync = self.lora and lora_cfg.sync == "adapter"
         if self.lora:
             self.model = add_lora(self.model, lora_cfg)
         self.model.train()
