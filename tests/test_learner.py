@@ -295,9 +295,9 @@ def test_shared_prompt_forward_gives_one_padded_forwards_values_and_gradients(de
 
 @pytest.mark.parametrize("policy,dtype", [("dense", "fp32"), ("dense", "bf16"), ("moe", "fp32")])
 def test_adapter_only_sync_serves_the_merged_weights_bit_for_bit(policy, dtype, dense_policy, tiny_policy):
-    """With LoRA only the adapters travel (factors for linear layers; whole deltas for the MoE's fused
-    experts, which peft wraps as parameters); the engine's weights then equal the learner's merge exactly,
-    in the engine's dtype, after any number of updates."""
+    """With LoRA only the adapters travel (factors for linear layers, per-expert factors for the MoE's
+    fused expert stacks, which peft wraps as parameters); the engine's weights then equal the learner's
+    merge exactly, in the engine's dtype, after any number of updates."""
     from rlreason.config import LoRAConfig
     from rlreason.learner.lora import adapter_update, merged_state_dict
 
@@ -310,7 +310,9 @@ def test_adapter_only_sync_serves_the_merged_weights_bit_for_bit(policy, dtype, 
                 if "lora_" in name:
                     p.add_(torch.randn_like(p) * 0.05)
         update = adapter_update(learner.model)
-        assert update.factors and (policy == "dense") == (not update.deltas)
+        assert update.factors and (policy == "dense") == (not update.stacked)
+        for lhs, rhs, _ in update.stacked.values():  # [E, in, r] @ [E, r, out]: low-rank factors, never the stack
+            assert lhs.dim() == rhs.dim() == 3 and lhs.shape[2] == rhs.shape[1] < min(lhs.shape[1], rhs.shape[2])
         worker.load_weights(update.to_transport(), step + 1)
         merged, served = merged_state_dict(learner.model), worker.engine.model.state_dict()
         changed = 0

@@ -37,33 +37,52 @@ def merged_state_dict(model) -> dict[str, torch.Tensor]:
     wrapper's keys gain a `.base_layer`, which the merged names drop."""
     from peft.tuners.lora import LoraLayer
 
-    clean = lambda key: key.replace(".base_layer", "")  # noqa: E731
+    from rlreason.rollout.transfer import stacked_merge
+
     base = model.get_base_model()
     deltas: dict[str, torch.Tensor] = {}
+    stacked: dict[str, tuple] = {}
     for name, module in base.named_modules():
         if isinstance(module, LoraLayer):
-            key = clean(f"{name}.{getattr(module, 'parameter_name', None) or 'weight'}")
-            for adapter in module.active_adapters:
-                if adapter in module.lora_A:
-                    d = module.get_delta_weight(adapter)
-                    deltas[key] = d if key not in deltas else deltas[key] + d
+            key = _weight_key(name, module)
+            adapters = [a for a in module.active_adapters if a in module.lora_A]
+            if _is_expert_stack(module, adapters):
+                stacked[key] = module.get_delta_factors(adapters[0])
+                continue
+            for adapter in adapters:
+                d = module.get_delta_weight(adapter)
+                deltas[key] = d if key not in deltas else deltas[key] + d
     out = {}
     for key, value in base.state_dict().items():
         if ".lora_" in key:
             continue
-        key = clean(key)
+        key = key.replace(".base_layer", "")
         if key in deltas:
             value = value + deltas.pop(key).to(value.dtype)
+        elif key in stacked:
+            value = stacked_merge(value, *stacked.pop(key)).to(value.dtype)
         out[key] = value.detach().to("cpu", copy=True)
-    if deltas:
-        raise RuntimeError(f"LoRA deltas with no base weight to merge into: {sorted(deltas)[:3]}")
+    if deltas or stacked:
+        raise RuntimeError(f"LoRA deltas with no base weight to merge into: {sorted([*deltas, *stacked])[:3]}")
     return out
+
+
+def _weight_key(module_name: str, module) -> str:
+    """The base state-dict name of the weight a LoRA layer adapts (peft's wrappers add `.base_layer`)."""
+    return f"{module_name}.{getattr(module, 'parameter_name', None) or 'weight'}".replace(".base_layer", "")
+
+
+def _is_expert_stack(module, adapters: list[str]) -> bool:
+    """A fused [E, in, out] expert parameter with one adapter: its delta is a batch of E low-rank
+    products, merged from the factors (`stacked_merge`) as peft's own forward folds it."""
+    return len(adapters) == 1 and getattr(module, "num_experts", 1) > 1 and hasattr(module, "get_delta_factors")
 
 
 @torch.no_grad()
 def adapter_update(model):
-    """The adapters as an `AdapterUpdate`: factors for plain linear layers, whole deltas for the rest
-    (fused MoE experts and routers wrapped by peft's `ParamWrapper`, DoRA, fan-in/fan-out layers)."""
+    """The adapters as an `AdapterUpdate`: factors for plain linear layers and for fused MoE expert
+    stacks, whole deltas for the rest (2-D parameters wrapped by peft's `ParamWrapper` such as routers,
+    DoRA, fan-in/fan-out layers, several adapters)."""
     from peft.tuners.lora import Linear, LoraLayer
 
     from rlreason.rollout.transfer import AdapterUpdate
@@ -72,16 +91,19 @@ def adapter_update(model):
     for name, module in model.get_base_model().named_modules():
         if not isinstance(module, LoraLayer):
             continue
-        key = f"{name}.{getattr(module, 'parameter_name', None) or 'weight'}".replace(".base_layer", "")
+        key = _weight_key(name, module)
         adapters = [a for a in module.active_adapters if a in module.lora_A]
         if not adapters:
             continue
         a = adapters[0]
-        if type(module) is Linear and len(adapters) == 1 and not module.fan_in_fan_out and not module.use_dora.get(a, False):
-            out.factors[key] = (module.lora_A[a].weight.detach().to("cpu", copy=True),
-                                module.lora_B[a].weight.detach().to("cpu", copy=True), float(module.scaling[a]))
+        cpu = lambda t: t.detach().to("cpu", copy=True)  # noqa: E731
+        if _is_expert_stack(module, adapters):
+            lhs, rhs, scale = module.get_delta_factors(a)
+            out.stacked[key] = (cpu(lhs), cpu(rhs), float(scale))
+        elif type(module) is Linear and len(adapters) == 1 and not module.fan_in_fan_out and not module.use_dora.get(a, False):
+            out.factors[key] = (cpu(module.lora_A[a].weight), cpu(module.lora_B[a].weight), float(module.scaling[a]))
         else:
-            out.deltas[key] = sum(module.get_delta_weight(a) for a in adapters).detach().to("cpu", copy=True)
+            out.deltas[key] = cpu(sum(module.get_delta_weight(a) for a in adapters))
     return out
 
 

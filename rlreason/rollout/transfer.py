@@ -10,7 +10,9 @@ With LoRA only the adapters change, so only they travel (`AdapterUpdate`): per a
 factors A [r, in] and B [out, r] and the scale alpha / r (4.9 M numbers for SmolLM2 at rank 16,
 instead of 134.5 M), and the engine rebuilds W = W0 + (B @ A) * scale from its own fp32 copy of the
 base W0, by the same operations as the learner's merge, so the served weights are bit for bit the
-merged ones (`merge_adapter_update`).
+merged ones (`merge_adapter_update`). Fused MoE expert stacks W [E, in, out] travel as per-expert
+factors too (lhs [E, in, r], rhs [E, r, out]): W = W0 + scale * lhs @ rhs, one `baddbmm`, the fold
+peft's forward itself uses, so the upcycled SmolLM2 sends 5.7 M numbers a sync instead of 318 M.
 """
 
 from __future__ import annotations
@@ -25,27 +27,37 @@ import torch
 @dataclass
 class AdapterUpdate:
     """The LoRA adapters as the rollout engines need them: `factors[key] = (A, B, scale)` for a plain
-    linear weight, `deltas[key]` = the whole delta for weights that are not (fused MoE experts). Keys
-    are the base model's state-dict names of the adapted weights."""
+    linear weight, `stacked[key] = (lhs, rhs, scale)` for a fused expert stack, `deltas[key]` = the
+    whole delta for anything else (several adapters, DoRA, 2-D wrapped parameters such as routers).
+    Keys are the base model's state-dict names of the adapted weights."""
 
     factors: dict = field(default_factory=dict)
     deltas: dict = field(default_factory=dict)
+    stacked: dict = field(default_factory=dict)
 
     def keys(self) -> list[str]:
-        return [*self.factors, *self.deltas]
+        return [*self.factors, *self.deltas, *self.stacked]
+
+    def _map(self, convert) -> "AdapterUpdate":
+        one = lambda t: convert({"t": t})["t"]  # noqa: E731
+        triples = lambda d: {k: (one(a), one(b), s) for k, (a, b, s) in d.items()}  # noqa: E731
+        return AdapterUpdate(triples(self.factors), convert(self.deltas), triples(self.stacked))
 
     def to_transport(self) -> "AdapterUpdate":
-        one = lambda t: to_transport({"t": t})["t"]  # noqa: E731
-        return AdapterUpdate({k: (one(a), one(b), s) for k, (a, b, s) in self.factors.items()}, to_transport(self.deltas))
+        return self._map(to_transport)
 
     def from_transport(self) -> "AdapterUpdate":
-        one = lambda x: from_transport({"x": x})["x"]  # noqa: E731
-        return AdapterUpdate({k: (one(a), one(b), s) for k, (a, b, s) in self.factors.items()}, from_transport(self.deltas))
+        return self._map(from_transport)
 
 
 def lora_delta(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
     """(B @ A) * scale, computed as peft's `Linear.get_delta_weight` does (fp32, no fan-in/fan-out transpose)."""
     return (b.float() @ a.float()) * scale
+
+
+def stacked_merge(w: torch.Tensor, lhs: torch.Tensor, rhs: torch.Tensor, scale: float) -> torch.Tensor:
+    """W + scale * lhs @ rhs over an expert stack, in fp32 (peft's `_LoraFactorsProxy` fold)."""
+    return torch.baddbmm(w.float(), lhs.float(), rhs.float(), alpha=scale)
 
 
 @torch.no_grad()
@@ -56,6 +68,8 @@ def merge_adapter_update(params: dict, base: dict, update: AdapterUpdate) -> Non
         params[key].copy_(base[key] + lora_delta(a, b, scale).to(base[key].dtype))
     for key, delta in update.deltas.items():
         params[key].copy_(base[key] + delta.to(base[key].dtype))
+    for key, (lhs, rhs, scale) in update.stacked.items():
+        params[key].copy_(stacked_merge(base[key], lhs, rhs, scale))
 
 
 def to_transport(state_dict: dict) -> dict:
