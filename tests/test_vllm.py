@@ -105,11 +105,7 @@ def _run_vllm(run_dir, *extra):
     return steps
 
 
-def test_vllm_engine_end_to_end_default_moe(tmp_path):
-    """`run.py recipe=grpo rollout.engine=vllm` on the default tiny MoE (warm start included)."""
-    _run_vllm(tmp_path / "vllm_moe")
-
-
-def test_vllm_engine_end_to_end_with_two_workers(tiny_moe, tmp_path):
-    _run_vllm(tmp_path / "vllm2", "rollout.num_workers=2", "rollout.cpus=0.5", "learner.cpus=0.5", "model.kind=pretrained",
-              f"model.path={tiny_moe}")
+def test_vllm_engine_end_to_end_default_moe_two_workers(tmp_path):
+    """`run.py recipe=grpo rollout.engine=vllm` on the default tiny MoE (warm start included), its
+    prompts split over two vLLM workers that both receive every weight sync."""
+    _run_vllm(tmp_path / "vllm2", "rollout.num_workers=2", "rollout.cpus=0.5", "learner.cpus=0.5")
