@@ -42,11 +42,8 @@ run-smollm2: $(STAMP)
 	$(PY) rlreason/run.py model=smollm2 task=elementary_math recipe=grpo total_steps=10 eval_every=5 \
 		task.eval_per_category=12 eval_samples=4 $(RUN_ARGS)
 
-# the unit tests alone (some time verifiers against a wall clock), then the integration tests two at a
-# time: most of their time is process start-up and imports, which leave the second core idle
 test: $(STAMP)
-	$(PY) -m pytest tests -m "not integration" --durations=10
-	$(PY) -m pytest tests -m integration -n 2 --dist loadfile --durations=25
+	$(PY) -m pytest tests --durations=25
 
 test-unit: $(STAMP)
 	$(PY) -m pytest tests -m "not integration"

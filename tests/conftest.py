@@ -31,18 +31,6 @@ def tiny_policy(tmp_path_factory) -> str:
     return str(path)
 
 
-# `make test` runs the integration tests on two pytest-xdist workers, a test file at a time
-# (`--dist loadfile`), handed out in collection order. The longest files go first (seconds measured
-# serially on 2 cores, 2026-12-03), so the two workers finish together instead of one waiting on the last.
-LONGEST_FIRST = ["test_recipes.py", "test_real_model.py", "test_cli.py", "test_resume.py", "test_vllm.py",
-                 "test_curriculum_runs.py", "test_ray_job.py", "test_distributed.py", "test_assets.py"]
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: k for k, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file is kept
-
-
 @pytest.fixture(scope="module")
 def ray_local():
     """A local Ray cluster for one test module's actors (3 CPUs: room for 2 DeepSpeed ranks and a worker)."""
