@@ -88,6 +88,7 @@ def adapter_update(model):
     from rlreason.rollout.transfer import AdapterUpdate
 
     out = AdapterUpdate()
+    cpu = lambda t: t.detach().to("cpu", copy=True)  # noqa: E731
     for name, module in model.get_base_model().named_modules():
         if not isinstance(module, LoraLayer):
             continue
@@ -96,7 +97,6 @@ def adapter_update(model):
         if not adapters:
             continue
         a = adapters[0]
-        cpu = lambda t: t.detach().to("cpu", copy=True)  # noqa: E731
         if _is_expert_stack(module, adapters):
             lhs, rhs, scale = module.get_delta_factors(a)
             out.stacked[key] = (cpu(lhs), cpu(rhs), float(scale))

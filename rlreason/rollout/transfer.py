@@ -10,9 +10,10 @@ With LoRA only the adapters change, so only they travel (`AdapterUpdate`): per a
 factors A [r, in] and B [out, r] and the scale alpha / r (4.9 M numbers for SmolLM2 at rank 16,
 instead of 134.5 M), and the engine rebuilds W = W0 + (B @ A) * scale from its own fp32 copy of the
 base W0, by the same operations as the learner's merge, so the served weights are bit for bit the
-merged ones (`merge_adapter_update`). Fused MoE expert stacks W [E, in, out] travel as per-expert
-factors too (lhs [E, in, r], rhs [E, r, out]): W = W0 + scale * lhs @ rhs, one `baddbmm`, the fold
-peft's forward itself uses, so the upcycled SmolLM2 sends ~20 M numbers a sync instead of 373 M.
+merged ones (`merge_adapter_update`). Fused MoE expert stacks W [E, a, b] travel as per-expert
+factors too (lhs [E, a, r], rhs [E, r, b], in the stack's own layout): W = W0 + scale * lhs @ rhs,
+one `baddbmm`, the fold peft's forward itself uses, so the upcycled SmolLM2 sends ~20 M numbers a
+sync instead of 373 M.
 """
 
 from __future__ import annotations
