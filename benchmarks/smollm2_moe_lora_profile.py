@@ -1,11 +1,15 @@
 """One SmolLM2-MoE learner step under LoRA, profiled: adapters on every linear layer and expert stack vs attention only
 (8 samples of <= 24 tokens, R3 + z-loss, fp32, 2 threads). Run: PYTHONPATH=. .venv/bin/python benchmarks/smollm2_moe_lora_profile.py"""
-import time, torch
+import time
+
+import torch
+
 from rlreason.assets import smollm2_folder
-from rlreason.moe.upcycle import upcycled_folder
 from rlreason.config import AlgoConfig, LearnerConfig, LoRAConfig, MoEConfig
 from rlreason.learner.learner import Learner
+from rlreason.moe.upcycle import upcycled_folder
 from rlreason.rollout.worker import RolloutWorker
+
 path = str(upcycled_folder(smollm2_folder(), 4, 2))
 w = RolloutWorker("hf", path, threads=2)
 batch, _ = w.generate(["What is 7 + 5?", "What is 43 + 28? Answer with just the number."], 0, 4, 24, 1.0, 1.0, seed=0)
