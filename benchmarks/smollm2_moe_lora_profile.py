@@ -1,5 +1,8 @@
-"""One SmolLM2-MoE learner step under LoRA, profiled: adapters on every linear layer and expert stack vs attention only
-(8 samples of <= 24 tokens, R3 + z-loss, fp32, 2 threads). Run: PYTHONPATH=. .venv/bin/python benchmarks/smollm2_moe_lora_profile.py"""
+"""One SmolLM2-MoE learner step under LoRA, profiled: adapters on every linear layer and expert
+stack vs attention only (8 samples of <= 24 tokens, R3 + z-loss, fp32, 2 threads).
+
+    PYTHONPATH=. .venv/bin/python benchmarks/smollm2_moe_lora_profile.py
+"""
 import time
 
 import torch
@@ -16,9 +19,12 @@ batch, _ = w.generate(["What is 7 + 5?", "What is 43 + 28? Answer with just the 
 batch.rewards = torch.tensor([1.0, 0, 0, 1, 0, 1, 1, 0])
 del w
 for lora in (LoRAConfig(r=16, alpha=32), LoRAConfig(r=16, alpha=32, target_modules="q_proj,k_proj,v_proj,o_proj")):
-    lr = Learner(path, LearnerConfig(lr=2e-4, threads=2), AlgoConfig(), 1.0, 24, moe_cfg=MoEConfig(routing_replay="r3", z_coef=1e-3), lora_cfg=lora)
+    lr = Learner(path, LearnerConfig(lr=2e-4, threads=2), AlgoConfig(), 1.0, 24,
+                 moe_cfg=MoEConfig(routing_replay="r3", z_coef=1e-3), lora_cfg=lora)
+    lr.train_step(batch)  # warm-up
+    t = time.perf_counter()
     lr.train_step(batch)
-    t = time.perf_counter(); lr.train_step(batch); dt = time.perf_counter() - t
+    dt = time.perf_counter() - t
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         lr.train_step(batch)
     print(lora.target_modules, f"train_step {dt:.1f} s (8 samples x <=24 tokens)")
