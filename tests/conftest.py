@@ -32,6 +32,20 @@ def tiny_policy(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
+def rollout(tiny_policy):
+    """The HF engine on the tiny MoE (routes recorded) and its batch of 3 prompts x 4 samples of at
+    most 12 tokens, with rewards that leave every group some signal."""
+    import torch
+
+    from rlreason.rollout.worker import RolloutWorker
+
+    worker = RolloutWorker("hf", tiny_policy, threads=2)
+    batch, _ = worker.generate(["1+2=", "10-3+4=", "7+7-1="], 0, 4, 12, 1.0, 1.0, seed=0)
+    batch.rewards = torch.tensor([1.0, 0, 0, 1, 0, 1, 1, 1, 0, 0, 0, 1])
+    return worker, batch
+
+
+@pytest.fixture(scope="module")
 def ray_local():
     """A local Ray cluster for one test module's actors (3 CPUs: room for 2 DeepSpeed ranks and a worker)."""
     import ray

@@ -10,14 +10,6 @@ from rlreason.learner.learner import Learner
 from rlreason.rollout.worker import RolloutWorker
 
 
-@pytest.fixture(scope="module")
-def rollout(tiny_policy):
-    worker = RolloutWorker("hf", tiny_policy, threads=2)
-    batch, _ = worker.generate(["1+2=", "10-3+4=", "7+7-1="], 0, 4, 12, 1.0, 1.0, seed=0)
-    batch.rewards = torch.tensor([1.0, 0, 0, 1, 0, 1, 1, 1, 0, 0, 0, 1])
-    return worker, batch
-
-
 def test_sampling_logprobs_match_learner_for_same_weights(tiny_policy, rollout):
     _, batch = rollout
     learner = Learner(tiny_policy, LearnerConfig(), AlgoConfig(), 1.0, 12)

@@ -5,7 +5,6 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import ROOT, read_metrics, run_cli
 
 pytestmark = pytest.mark.integration
@@ -19,27 +18,16 @@ RECIPES = sorted(p.stem for p in (ROOT / "recipes" / "recipe").glob("*.yaml"))
 END_TO_END = ["balanced", "dapo", "grpo", "knapsack", "moe_r3", "sec", "tlts"]
 
 
-@pytest.fixture(scope="module")
-def rollout_batch(tiny_policy):
-    """Three prompts x 4 samples from the HF engine on the tiny MoE (routes recorded), with rewards
-    that leave every group some signal."""
-    from rlreason.rollout.worker import RolloutWorker
-
-    worker = RolloutWorker("hf", tiny_policy, threads=2)
-    batch, _ = worker.generate(["1+2=", "10-3+4=", "7+7-1="], 0, 4, 12, 1.0, 1.0, seed=0)
-    batch.rewards = torch.tensor([1.0, 0, 0, 1, 0, 1, 1, 1, 0, 0, 0, 1])
-    return batch
-
-
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_every_recipe_composes_and_trains_a_learner_step(recipe, tiny_policy, rollout_batch):
+def test_every_recipe_composes_and_trains_a_learner_step(recipe, tiny_policy, rollout):
     from rlreason.learner.learner import Learner
     from rlreason.run import compose
 
+    _, batch = rollout
     cfg, choices = compose([f"recipe={recipe}", "scale=smoke"])
     assert choices["recipe"] == recipe
     learner = Learner(tiny_policy, cfg.learner, cfg.algo, cfg.rollout.temperature, 12, cfg.seed, moe_cfg=cfg.moe)
-    m = learner.train_step(rollout_batch)
+    m = learner.train_step(batch)
     assert math.isfinite(m["loss/policy"]) and m["grad_norm"] > 0, m
     if recipe == "d3s":  # down-sampled: some samples and tokens left out of the loss
         assert m["d3s/sample_share"] < 1.0 and m["loss/token_frac"] < 1.0

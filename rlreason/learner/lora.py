@@ -73,7 +73,7 @@ def _weight_key(module_name: str, module) -> str:
 
 
 def _is_expert_stack(module, adapters: list[str]) -> bool:
-    """A fused [E, in, out] expert parameter with one adapter: its delta is a batch of E low-rank
+    """A fused 3-D expert parameter [E, a, b] with one adapter: its delta is a batch of E low-rank
     products, merged from the factors (`stacked_merge`) as peft's own forward folds it."""
     return len(adapters) == 1 and getattr(module, "num_experts", 1) > 1 and hasattr(module, "get_delta_factors")
 
