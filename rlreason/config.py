@@ -36,6 +36,9 @@ class LoRAConfig:
     # how the rollout engines get the weights: adapter = only the adapters travel and the HF engine merges
     # them into its base copy; merged = the learner merges and sends every weight. vLLM always reloads merged
     sync: str = "adapter"
+    # LoRA on fused MoE expert stacks: activations = x W^T + s (x B) A per routed token, only the factors get
+    # gradients (rlreason/learner/expert_lora.py); weights = peft's own fold of the whole stack every forward
+    expert_forward: str = "activations"
 
 
 @dataclass
@@ -594,6 +597,7 @@ def _check_scale_out(cfg) -> None:
         raise ConfigError("model.lora.r > 0 with learner.zero_stage=3 is not supported (the adapters are small and the "
                           "merged-weight sync reads whole base layers); use learner.zero_stage=2.")
     _choice("model.lora.sync", lora.sync, ("adapter", "merged"))
+    _choice("model.lora.expert_forward", lora.expert_forward, ("activations", "weights"))
     if not 0 <= lora.dropout < 1:
         raise ConfigError(f"model.lora.dropout={lora.dropout} is not valid; it must lie in [0, 1).")
     _choice("trainer.off_policy_steps", cfg.trainer.off_policy_steps, (0, 1))

@@ -285,6 +285,43 @@ def test_shared_prompt_forward_gives_one_padded_forwards_values_and_gradients(de
                                    lambda *a, **kw: shared_prompt_response_logprobs(*a, buckets=buckets, **kw))
 
 
+@pytest.mark.parametrize("arch", ["qwen3_moe", "mixtral", "olmoe"])  # peft's all-linear skips qwen2_moe's experts
+def test_expert_lora_on_activations_is_pefts_function_with_pefts_gradients(arch):
+    """`model.lora.expert_forward=activations` (x W^T + s (x B) A per routed token) against peft's fold of
+    the whole expert stack: same logits, same gradient for every adapter, every experts module switched,
+    and disabling the adapters (the KL reference) still gives the base model."""
+    from rlreason.config import LoRAConfig, ModelConfig
+    from rlreason.learner.expert_lora import route_expert_lora_through_activations
+    from rlreason.learner.lora import add_lora
+    from rlreason.policy import build_tiny_moe
+
+    cfg = ModelConfig(arch=arch, hidden_size=32, moe_intermediate_size=24, intermediate_size=48, num_layers=2,
+                      num_heads=4, num_kv_heads=2, num_experts=4, top_k=2)
+    ids = torch.randint(3, 40, (3, 9), generator=torch.Generator().manual_seed(0))
+    runs = {}
+    for mode in ("weights", "activations"):
+        model = add_lora(build_tiny_moe(cfg, 40, 0, 1, 2, seed=0), LoRAConfig(r=4, alpha=8, expert_forward=mode))
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():  # B starts at zero, which would hide any difference
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+        logits = model(input_ids=ids).logits
+        logits.logsumexp(-1).sum().backward()
+        with torch.no_grad(), model.disable_adapter():
+            base = model(input_ids=ids).logits
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        runs[mode] = logits.detach(), grads, base, model
+    (lw, gw, bw, peft_model), (la, ga, ba, _) = runs["weights"], runs["activations"]
+    assert route_expert_lora_through_activations(peft_model) == cfg.num_layers  # on the weights-mode twin
+    torch.testing.assert_close(la, lw, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ba, bw, rtol=0, atol=0)
+    assert gw.keys() == ga.keys() and any("experts" in n for n in ga)
+    for name in gw:
+        torch.testing.assert_close(ga[name], gw[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert not torch.allclose(la, ba, atol=1e-3)  # the adapters do change the function
+
+
 @pytest.mark.parametrize("policy,dtype", [("dense", "fp32"), ("dense", "bf16"), ("moe", "fp32")])
 def test_adapter_only_sync_serves_the_merged_weights_bit_for_bit(policy, dtype, dense_policy, tiny_policy):
     """With LoRA only the adapters travel (factors for linear layers, per-expert factors for the MoE's

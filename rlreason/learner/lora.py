@@ -25,7 +25,12 @@ def add_lora(model, cfg):
     config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, bias="none")
     with warnings.catch_warnings():  # peft's own MoE patterns that match nothing on this architecture
         warnings.filterwarnings("ignore", message=".*pattern keys did not match", category=RuntimeWarning)
-        return get_peft_model(model, config)
+        model = get_peft_model(model, config)
+    if cfg.expert_forward == "activations":
+        from rlreason.learner.expert_lora import route_expert_lora_through_activations
+
+        route_expert_lora_through_activations(model)
+    return model
 
 
 @torch.no_grad()
