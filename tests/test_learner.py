@@ -322,6 +322,27 @@ def test_expert_lora_on_activations_is_pefts_function_with_pefts_gradients(arch)
     assert not torch.allclose(la, ba, atol=1e-3)  # the adapters do change the function
 
 
+def test_expert_lora_keeps_pefts_fold_where_its_forward_differs(caplog):
+    """An experts module that computes something else than transformers' routed gated MLP (here: its
+    output doubled) is left on peft's forward, with a warning naming it."""
+    from peft.tuners.lora.layer import ParamWrapper
+
+    from rlreason.config import LoRAConfig, ModelConfig
+    from rlreason.learner.lora import add_lora
+    from rlreason.policy import build_tiny_moe
+
+    cfg = ModelConfig(arch="mixtral", hidden_size=32, moe_intermediate_size=24, num_layers=2, num_heads=4,
+                      num_kv_heads=2, num_experts=4, top_k=2)
+    model = build_tiny_moe(cfg, 40, 0, 1, 2, seed=0)
+    for layer in model.model.layers:
+        experts = layer.mlp.experts
+        experts.forward = lambda *args, own=experts.forward: 2 * own(*args)
+    with caplog.at_level("WARNING", logger="rlreason.learner.expert_lora"):
+        peft_model = add_lora(model, LoRAConfig(r=4, alpha=8))
+    assert caplog.text.count("keeps peft's per-forward weight fold") == cfg.num_layers
+    assert not any("forward" in vars(m) for m in peft_model.modules() if isinstance(m, ParamWrapper))
+
+
 @pytest.mark.parametrize("policy,dtype", [("dense", "fp32"), ("dense", "bf16"), ("moe", "fp32")])
 def test_adapter_only_sync_serves_the_merged_weights_bit_for_bit(policy, dtype, dense_policy, tiny_policy):
     """With LoRA only the adapters travel (factors for linear layers, per-expert factors for the MoE's

@@ -50,9 +50,11 @@ def route_expert_lora_through_activations(peft_model) -> int:
         if _same_function(outer, peft_forward):
             switched += 1
         else:
-            outer.forward = peft_forward
+            del outer.forward  # back to the class's (peft's) forward
             log.warning("%s: the activation-space expert LoRA does not reproduce this experts module (%s); "
                         "it keeps peft's per-forward weight fold", name, type(experts).__name__)
+    if switched:
+        log.info("LoRA: %d experts modules apply their adapters to the activations", switched)
     return switched
 
 
