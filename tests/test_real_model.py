@@ -75,7 +75,8 @@ def pretrained_folders(tmp_path_factory):
 
 def test_pretrained_folder_of_each_architecture_trains(pretrained_folders, tmp_path):
     """`model.kind=pretrained model.path=<folder>` with the folder's own tokenizer and chat template, LoRA on
-    (on the MoE architectures peft also adapts the fused experts: their deltas travel whole), one sweep."""
+    (on the MoE architectures peft also adapts the fused experts: their adapters act on the activations in
+    the learner and travel as per-expert factors), one sweep."""
     paths = ",".join(str(p) for p in pretrained_folders.values())
     proc = run_cli(["-m", f"model.path={paths}", "model.kind=pretrained", "model.chat_template=true", "model.lora.r=4",
                     "task=elementary_math", "scale=smoke", "rollout.max_new_tokens=8", "eval_samples=2", "task.eval_per_category=2",
