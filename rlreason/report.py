@@ -10,7 +10,8 @@ seed left out (the label: the recipe plus whatever else differs between runs), a
   over seeds (n = seeds).
   Then, for runs whose evaluations include them (`eval_sampled`), held-out greedy accuracy, sampled
   pass@1 and pass@k before and after RL (mean ± std over seeds, then every seed's change with twice
-  its binomial std), and the change in sampled pass@1 per category.
+  its binomial std), the change in sampled pass@1 per category, and every pair of labels' difference
+  in final greedy and sampled pass@1 with its noise (`pairwise`).
 - ``eval_vs_tokens.png``: eval accuracy against rollout tokens generated, one line per label (the
   mean over seeds, interpolated onto a common token grid, a marker at every evaluation) with a band
   from the seeds' min to max.
@@ -161,6 +162,49 @@ def before_after(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+NOISE = {"accuracy/eval": "eval/binomial_std", "accuracy/eval_sampled": "eval/binomial_std_sampled"}
+
+
+def difference(a: list[dict], b: list[dict], key: str) -> dict:
+    """Label A's final `key` minus label B's (means over seeds) and two noise levels of that difference:
+    `seed_se`, the standard error from the seeds' spread, sqrt(var_A / n_A + var_B / n_B) (needs 2+ seeds
+    on each side; it contains the evaluation's own noise), and `eval_std`, the evaluation's binomial noise
+    alone, sqrt(sum_i sd_Ai^2) / n_A combined likewise with B's. `separated` when |diff| > 2 x the seed
+    SE, or 2 x the binomial std where a side has a single seed: a rule of thumb, not a test (with 3
+    seeds the SE is itself uncertain)."""
+    va, vb = [r["after"][key] for r in a], [r["after"][key] for r in b]
+    diff = statistics.fmean(va) - statistics.fmean(vb)
+    sd = lambda rs: (sum(r["after"].get(NOISE[key], float("nan")) ** 2 for r in rs) ** 0.5) / len(rs)  # noqa: E731
+    eval_std = (sd(a) ** 2 + sd(b) ** 2) ** 0.5
+    seed_se = (statistics.variance(va) / len(va) + statistics.variance(vb) / len(vb)) ** 0.5 \
+        if len(va) > 1 and len(vb) > 1 else None
+    noise = seed_se if seed_se is not None else eval_std
+    return {"diff": diff, "seed_se": seed_se, "eval_std": eval_std, "separated": abs(diff) > 2 * noise}
+
+
+def pairwise(runs: list[dict]) -> str:
+    """Every pair of labels: the difference in final held-out greedy accuracy and sampled pass@1."""
+    groups: dict[str, list[dict]] = {}
+    for r in runs:
+        if r["after"] and all(k in r["after"] for k in NOISE):
+            groups.setdefault(r["label"], []).append(r)
+    labels = sorted(groups, key=lambda g: -statistics.fmean(r["after"]["accuracy/eval_sampled"] for r in groups[g]))
+    if len(labels) < 2:
+        return ""
+    lines = ["", "Pairwise, final held-out accuracy: A - B (seed SE; binomial std), `yes` where |A - B| > 2 x the "
+             "seed SE (2 x the binomial std with a single seed)", "",
+             "| A - B | n | greedy | separated | sampled pass@1 | separated |", "|---|---|---:|---|---:|---|"]
+    for i, la in enumerate(labels):
+        for lb in labels[i + 1:]:
+            cells = []
+            for key in NOISE:
+                d = difference(groups[la], groups[lb], key)
+                se = f"{d['seed_se']:.3f}" if d["seed_se"] is not None else "n/a"
+                cells += [f"{d['diff']:+.3f} ({se}; {d['eval_std']:.3f})", "yes" if d["separated"] else "no"]
+            lines.append(f"| {la} - {lb} | {len(groups[la])}, {len(groups[lb])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(runs: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -213,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     label_runs(runs)
     out = args.out or args.dir
     out.mkdir(parents=True, exist_ok=True)
-    text = markdown(summarise(runs, args.target), args.target) + before_after(runs)
+    text = markdown(summarise(runs, args.target), args.target) + before_after(runs) + pairwise(runs)
     (out / "report.md").write_text(text)
     plot(runs, out / "eval_vs_tokens.png")
     print(text)

@@ -1,0 +1,32 @@
+"""The sweep report's arithmetic, worked by hand (the report on real runs is tested in test_recipes)."""
+
+import pytest
+
+from rlreason.report import difference
+
+
+def _runs(values, sd):
+    return [{"after": {"accuracy/eval_sampled": v, "eval/binomial_std_sampled": sd}} for v in values]
+
+
+def test_difference_of_two_labels_with_seed_and_binomial_noise():
+    # A: 0.6, 0.7, 0.8 (var 0.01); B: 0.5, 0.5, 0.6 (var 1/300). diff = 0.7 - 0.5333 = 0.1667
+    # seed SE = sqrt(0.01 / 3 + (1/300) / 3) = sqrt(0.004444) = 0.06667; 0.1667 > 2 x 0.06667: separated
+    # binomial: A sqrt(3 x 0.04^2) / 3 = 0.023094, B sqrt(3 x 0.05^2) / 3 = 0.028868 -> sqrt(sum of squares) = 0.036968
+    d = difference(_runs([0.6, 0.7, 0.8], 0.04), _runs([0.5, 0.5, 0.6], 0.05), "accuracy/eval_sampled")
+    assert d["diff"] == pytest.approx(0.166667, abs=1e-6)
+    assert d["seed_se"] == pytest.approx(0.066667, abs=1e-6)
+    assert d["eval_std"] == pytest.approx(0.036968, abs=1e-6)
+    assert d["separated"]
+    # the same means, wider spread: A var 0.04, B (0.4333, 0.4333, 0.7333) var 0.03
+    # SE = sqrt(0.04 / 3 + 0.03 / 3) = 0.152753 > 0.1667 / 2: not separated
+    d = difference(_runs([0.5, 0.7, 0.9], 0.04), _runs([0.4333333, 0.4333333, 0.7333333], 0.05), "accuracy/eval_sampled")
+    assert d["diff"] == pytest.approx(0.166667, abs=1e-6)
+    assert d["seed_se"] == pytest.approx(0.152753, abs=1e-6) and not d["separated"]
+
+
+def test_difference_with_one_seed_falls_back_to_the_binomial_std():
+    # 0.7 - 0.6 = 0.1 against 2 x sqrt(0.04^2 + 0.05^2) = 2 x 0.064031 = 0.128: not separated
+    d = difference(_runs([0.7], 0.04), _runs([0.6], 0.05), "accuracy/eval_sampled")
+    assert d["seed_se"] is None and d["eval_std"] == pytest.approx(0.064031, abs=1e-6) and not d["separated"]
+    assert difference(_runs([0.75], 0.04), _runs([0.6], 0.05), "accuracy/eval_sampled")["separated"]  # 0.15 > 0.128
