@@ -8,7 +8,9 @@ Same work on every side: the same policy (tiny_moe: the cached warm start of `ma
 SmolLM2-135M-Instruct), the same arithmetic prompts (SmolLM2: in its chat template), G samples per
 prompt at temperature 1, top-p 1, no top-k, the same max prompt/response lengths, one AdamW update per
 step over the whole batch (lr, betas, weight decay, grad clip as rlreason's defaults), KL off, the
-same `math` verifier, GRPO's seq-mean-token-mean loss (TRL `loss_type="grpo"`), HF `generate`.
+same `math` verifier, GRPO's seq-mean-token-mean loss (TRL `loss_type="grpo"`), HF `generate`, and
+the same LoRA adapters when the model's recipe trains through LoRA (`model=smollm2`: rank 16, alpha 32,
+peft's all-linear; TRL gets them as `peft_config`, the bare loop through `rlreason.learner.lora.add_lora`).
 
 Each repeat runs every side in a fresh child process, one after the other (nothing else running):
 - `rlreason`: `rlreason/run.py` itself (Ray actors, the verifier pool), `--warmup + --steps` steps;
@@ -131,7 +133,8 @@ def child_trl(args) -> dict:
         def on_step_end(self, *a, **k):
             step_t.append(time.perf_counter() - self.t0)
 
-    trainer = GRPOTrainer(model=policy, reward_funcs=reward, args=conf, train_dataset=data, callbacks=[Clock()])
+    trainer = GRPOTrainer(model=policy, reward_funcs=reward, args=conf, train_dataset=data, callbacks=[Clock()],
+                          peft_config=_peft_config(cfg.model.lora))
     inner = trainer._generate
 
     def timed_generate(*a, **k):
@@ -144,6 +147,7 @@ def child_trl(args) -> dict:
         return out
 
     trainer._generate = timed_generate
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     trainer.train()
     w = args.warmup
     steps, gen, rew = step_t[w:], timings["gen"][w:], timings["reward"][w:]
@@ -152,7 +156,18 @@ def child_trl(args) -> dict:
     return {"step_s": statistics.median(steps), "rollout_s": statistics.median(gen), "reward_s": statistics.median(rew),
             "train_s": statistics.median(train_s), "rollout_tok_s": statistics.median(t / g for t, g in zip(gen_tok, gen)),
             "train_tok_s": statistics.median(t / s for t, s in zip(train_tok, train_s)),
-            "response_len": statistics.median(t / (args.prompts * args.group) for t in gen_tok), "steps": len(steps)}
+            "response_len": statistics.median(t / (args.prompts * args.group) for t in gen_tok), "steps": len(steps),
+            "trainable": trainable}
+
+
+def _peft_config(lora):
+    """rlreason's LoRA settings as a peft LoraConfig for TRL (None when the recipe trains every weight)."""
+    if lora.r <= 0:
+        return None
+    from peft import LoraConfig
+
+    targets = lora.target_modules if lora.target_modules == "all-linear" else lora.target_modules.split(",")
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets, bias="none")
 
 
 def child_bare(args) -> dict:
@@ -172,8 +187,13 @@ def child_bare(args) -> dict:
     torch.manual_seed(cfg.seed)
     tok = load_tokenizer(policy)
     model = load_policy(policy)
+    if cfg.model.lora.r > 0:
+        from rlreason.learner.lora import add_lora
+
+        model = add_lora(model, cfg.model.lora)
     verifier = rewards.load(cfg.reward.verifier, {}).call
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learner.lr, betas=(cfg.learner.beta1, cfg.learner.beta2),
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=cfg.learner.lr, betas=(cfg.learner.beta1, cfg.learner.beta2),
                             weight_decay=cfg.learner.weight_decay)
     sampler = PromptSampler(len(prompts), args.prompts, seed=cfg.seed)
     gen_t, fb_t, toks = [], [], []
@@ -204,14 +224,15 @@ def child_bare(args) -> dict:
         ratio = torch.exp(lp - lp.detach())
         loss = -((ratio * adv * resp_mask).sum(-1) / resp_mask.sum(-1).clamp(min=1)).mean()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.learner.grad_clip)
+        torch.nn.utils.clip_grad_norm_(trainable, cfg.learner.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         fb_t.append(time.perf_counter() - t0)
     w = args.warmup
     return {"gen_s": statistics.median(gen_t[w:]), "fwd_bwd_s": statistics.median(fb_t[w:]),
             "rollout_tok_s": statistics.median(t / g for t, g in zip(toks[w:], gen_t[w:])),
-            "response_len": statistics.median(t / (args.prompts * args.group) for t in toks[w:]), "steps": len(gen_t) - w}
+            "response_len": statistics.median(t / (args.prompts * args.group) for t in toks[w:]), "steps": len(gen_t) - w,
+            "trainable": sum(p.numel() for p in trainable)}
 
 
 # -- the parent: children one at a time, their process trees' memory sampled ----------------------------------
