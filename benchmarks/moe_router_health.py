@@ -6,7 +6,8 @@ For each of the MoE run's evaluations: held-out greedy / sampled pass@1 / pass@k
 step (the dense run's nearest evaluation at or before it), and the MoE router's health over the train
 steps since the previous evaluation (medians): E * max expert load / total (`moe/load/max_over_mean`,
 1 = perfectly balanced, E = one expert takes everything), the fraction of (layer, expert) slots with no
-token (`moe/load/dead_experts`), the routing drift on a fixed probe batch since the start
+token (`moe/load/dead_experts`), the entropy of the expert loads over ln E (`moe/load/entropy`, 1 when every
+expert gets the same share: expert utilisation), the routing drift on a fixed probe batch since the start
 (`moe/probe/routing_change`), the router entropy, and under routing replay the share of routes the
 learner did not take as the sampler did (`moe/rollout_vs_used/mismatch_rate`, 0 when R3 holds).
 """
@@ -22,6 +23,7 @@ ACC = ("accuracy/eval", "accuracy/eval_sampled", "accuracy/eval_pass_at_k")
 HEALTH = {
     "E*max load/total": "moe/load/max_over_mean",
     "dead experts": "moe/load/dead_experts",
+    "load entropy": "moe/load/entropy",
     "probe routing change": "moe/probe/routing_change",
     "router entropy": "moe/router/entropy",
     "R3 mismatch": "moe/rollout_vs_used/mismatch_rate",
