@@ -200,8 +200,11 @@ def pairwise(runs: list[dict]) -> str:
             for key in NOISE:
                 d = difference(groups[la], groups[lb], key)
                 se = f"{d['seed_se']:.3f}" if d["seed_se"] is not None else "n/a"
-                cells += [f"{d['diff']:+.3f} ({se}; {d['eval_std']:.3f})", "yes" if d["separated"] else "no"]
+                mark = "" if d["seed_se"] is not None else "*"
+                cells += [f"{d['diff']:+.3f} ({se}; {d['eval_std']:.3f})", ("yes" if d["separated"] else "no") + mark]
             lines.append(f"| {la} - {lb} | {len(groups[la])}, {len(groups[lb])} | " + " | ".join(cells) + " |")
+    if any(len(groups[g]) < 2 for g in labels):
+        lines += ["", "`*`: a side has one seed, so only the evaluation's noise is known; seed-to-seed spread is not."]
     return "\n".join(lines) + "\n"
 
 
