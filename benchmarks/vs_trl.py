@@ -97,6 +97,7 @@ def child_trl(args) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     import rewards
+    from rlreason.learner.lora import lora_config
 
     policy, prompts, answers, cfg = work(args)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -134,7 +135,7 @@ def child_trl(args) -> dict:
             step_t.append(time.perf_counter() - self.t0)
 
     trainer = GRPOTrainer(model=policy, reward_funcs=reward, args=conf, train_dataset=data, callbacks=[Clock()],
-                          peft_config=_peft_config(cfg.model.lora))
+                          peft_config=lora_config(cfg.model.lora) if cfg.model.lora.r > 0 else None)
     inner = trainer._generate
 
     def timed_generate(*a, **k):
@@ -158,16 +159,6 @@ def child_trl(args) -> dict:
             "train_tok_s": statistics.median(t / s for t, s in zip(train_tok, train_s)),
             "response_len": statistics.median(t / (args.prompts * args.group) for t in gen_tok), "steps": len(steps),
             "trainable": trainable}
-
-
-def _peft_config(lora):
-    """rlreason's LoRA settings as a peft LoraConfig for TRL (None when the recipe trains every weight)."""
-    if lora.r <= 0:
-        return None
-    from peft import LoraConfig
-
-    targets = lora.target_modules if lora.target_modules == "all-linear" else lora.target_modules.split(",")
-    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets, bias="none")
 
 
 def child_bare(args) -> dict:

@@ -16,16 +16,22 @@ from pathlib import Path
 import torch
 
 
-def add_lora(model, cfg):
-    from peft import LoraConfig, get_peft_model
+def lora_config(cfg):
+    """`model.lora` as peft's LoraConfig (also what benchmarks/vs_trl.py hands TRL)."""
+    from peft import LoraConfig
 
     targets = cfg.target_modules
     if targets != "all-linear":
         targets = [t.strip() for t in targets.split(",") if t.strip()]
-    config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, bias="none")
+    return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets, bias="none")
+
+
+def add_lora(model, cfg):
+    from peft import get_peft_model
+
     with warnings.catch_warnings():  # peft's own MoE patterns that match nothing on this architecture
         warnings.filterwarnings("ignore", message=".*pattern keys did not match", category=RuntimeWarning)
-        model = get_peft_model(model, config)
+        model = get_peft_model(model, lora_config(cfg))
     if cfg.expert_forward == "activations":
         from rlreason.learner.expert_lora import route_expert_lora_through_activations
 
