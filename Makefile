@@ -36,11 +36,12 @@ $(STAMP): pyproject.toml Makefile
 run: $(STAMP)
 	$(PY) rlreason/run.py recipe=tempo $(RUN_ARGS)
 
-# GRPO with LoRA for 10 steps, evaluated before, at step 5 and at the end on 60 held-out problems (12 per
-# skill) with 4 samples each: greedy, sampled pass@1 and pass@4, per skill. The full run: drop the overrides.
+# GRPO with LoRA for 10 steps of 6 prompts x 8 samples, evaluated before and after on 60 held-out problems
+# (12 per skill) with 4 samples each: greedy, sampled pass@1 and pass@4, per skill. Sized for 10 minutes
+# on 2 cores (BENCHMARKS.md); the full run (8 prompts a step, evals every 10 steps): drop the overrides.
 run-smollm2: $(STAMP)
-	$(PY) rlreason/run.py model=smollm2 task=elementary_math recipe=grpo total_steps=10 eval_every=5 \
-		task.eval_per_category=12 eval_samples=4 $(RUN_ARGS)
+	$(PY) rlreason/run.py model=smollm2 task=elementary_math recipe=grpo total_steps=10 eval_every=10 \
+		rollout.prompts_per_step=6 task.eval_per_category=12 eval_samples=4 $(RUN_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest tests --durations=25

@@ -169,16 +169,17 @@ def difference(a: list[dict], b: list[dict], key: str) -> dict:
     """Label A's final `key` minus label B's (means over seeds) and two noise levels of that difference:
     `seed_se`, the standard error from the seeds' spread, sqrt(var_A / n_A + var_B / n_B) (needs 2+ seeds
     on each side; it contains the evaluation's own noise), and `eval_std`, the evaluation's binomial noise
-    alone, sqrt(sum_i sd_Ai^2) / n_A combined likewise with B's. `separated` when |diff| > 2 x the seed
-    SE, or 2 x the binomial std where a side has a single seed: a rule of thumb, not a test (with 3
-    seeds the SE is itself uncertain)."""
+    alone, sqrt(sum_i sd_Ai^2) / n_A combined likewise with B's. `separated` when |diff| > 2 x the larger
+    of the two (the binomial std alone where a side has a single seed): the seeds' spread contains the
+    evaluation's noise, so a seed SE below the binomial std is an artefact of too few seeds (two seeds
+    that agree by chance). A rule of thumb, not a test: with 2-3 seeds the SE is itself uncertain."""
     va, vb = [r["after"][key] for r in a], [r["after"][key] for r in b]
     diff = statistics.fmean(va) - statistics.fmean(vb)
     sd = lambda rs: (sum(r["after"].get(NOISE[key], float("nan")) ** 2 for r in rs) ** 0.5) / len(rs)  # noqa: E731
     eval_std = (sd(a) ** 2 + sd(b) ** 2) ** 0.5
     seed_se = (statistics.variance(va) / len(va) + statistics.variance(vb) / len(vb)) ** 0.5 \
         if len(va) > 1 and len(vb) > 1 else None
-    noise = seed_se if seed_se is not None else eval_std
+    noise = max(seed_se, eval_std) if seed_se is not None else eval_std
     return {"diff": diff, "seed_se": seed_se, "eval_std": eval_std, "separated": abs(diff) > 2 * noise}
 
 
@@ -192,7 +193,7 @@ def pairwise(runs: list[dict]) -> str:
     if len(labels) < 2:
         return ""
     lines = ["", "Pairwise, final held-out accuracy: A - B (seed SE; binomial std), `yes` where |A - B| > 2 x the "
-             "seed SE (2 x the binomial std with a single seed)", "",
+             "larger of the seed SE and the binomial std (the binomial std alone with a single seed)", "",
              "| A - B | n | greedy | separated | sampled pass@1 | separated |", "|---|---|---:|---|---:|---|"]
     for i, la in enumerate(labels):
         for lb in labels[i + 1:]:

@@ -25,6 +25,16 @@ def test_difference_of_two_labels_with_seed_and_binomial_noise():
     assert d["seed_se"] == pytest.approx(0.152753, abs=1e-6) and not d["separated"]
 
 
+def test_seeds_that_agree_by_chance_do_not_beat_the_evaluations_noise():
+    # A: 0.70, 0.71; B: 0.65, 0.66 (each var 0.00005): diff 0.05, seed SE sqrt(2 x 0.00005 / 2) = 0.007071
+    # binomial: A sqrt(2 x 0.04^2) / 2 = 0.028284, B sqrt(2 x 0.05^2) / 2 = 0.035355 -> 0.045277
+    # 0.05 > 2 x 0.0071 but < 2 x 0.0453: the larger noise decides, not separated
+    d = difference(_runs([0.70, 0.71], 0.04), _runs([0.65, 0.66], 0.05), "accuracy/eval_sampled")
+    assert d["seed_se"] == pytest.approx(0.007071, abs=1e-6) and d["eval_std"] == pytest.approx(0.045277, abs=1e-6)
+    assert not d["separated"]
+    assert difference(_runs([0.75, 0.76], 0.04), _runs([0.65, 0.66], 0.05), "accuracy/eval_sampled")["separated"]  # 0.10 > 0.0906
+
+
 def test_difference_with_one_seed_falls_back_to_the_binomial_std():
     # 0.7 - 0.6 = 0.1 against 2 x sqrt(0.04^2 + 0.05^2) = 2 x 0.064031 = 0.128: not separated
     d = difference(_runs([0.7], 0.04), _runs([0.6], 0.05), "accuracy/eval_sampled")
