@@ -124,9 +124,9 @@ def child_trl(args) -> dict:
         weight_decay=lc.weight_decay, max_grad_norm=lc.grad_clip, lr_scheduler_type="constant", warmup_steps=0,
         optim="adamw_torch", logging_steps=1, report_to=[], save_strategy="no", disable_tqdm=True, log_completions=False,
         dataloader_num_workers=0,
-        # TRL's GRPOConfig turns gradient checkpointing on by default. It is left on (--trl-grad-checkpointing
-        # on): on SmolLM2 with LoRA at 64 samples it is TRL's faster setting here (104 vs 142 s a step,
-        # BENCHMARKS.md), the padded activations of 64 x 90 tokens being what it saves.
+        # TRL's GRPOConfig turns gradient checkpointing on by default, and it stays on unless
+        # --trl-grad-checkpointing off: on SmolLM2 with LoRA at 64 samples it was TRL's faster setting here
+        # (104 vs 142 s a step; without it TRL's process reached 19 GB; BENCHMARKS.md).
         gradient_checkpointing=args.trl_grad_checkpointing == "on",
     )
     step_t: list[float] = []

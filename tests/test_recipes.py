@@ -12,7 +12,7 @@ pytestmark = pytest.mark.integration
 RECIPES = sorted(p.stem for p in (ROOT / "recipes" / "recipe").glob("*.yaml"))
 # Options the trainer itself acts on: refill and filtering (balanced, dapo), overlong shaping (dapo),
 # the TLTS length budget (tlts), the rollout engine's recorded routes (moe_r3). Run end to end elsewhere,
-# so not again here (each run costs ~45 s of CI): grpo (test_cli's smoke run and the user-estimator run
+# so not again here (each run costs 25-45 s of CI): grpo (test_cli's smoke run and the user-estimator run
 # below), knapsack and sec (test_curriculum_runs runs each twice, checking resume exactly). The other
 # recipes change only what the learner computes (estimator, loss, replay of its own routes), which
 # `test_every_recipe_composes_and_trains_a_learner_step` runs on a real rollout batch.
