@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/moe_router_health.py MOE_RUN DENSE_RUN [--png out.png]
 
-For each of the MoE run's evaluations: held-out greedy / sampled pass@1 / pass@k of both runs at that
-step (the dense run's nearest evaluation at or before it), and the MoE router's health over the train
+For each of the MoE run's evaluations: held-out greedy / sampled pass@1 / pass@k of the MoE run, and of
+the dense run at equal compute (its last evaluation at or below the MoE's rollout tokens; its step in
+brackets: the MoE's responses stay longer, so it takes fewer steps per token), and the MoE router's health over the train
 steps since the previous evaluation (medians): E * max expert load / total (`moe/load/max_over_mean`,
 1 = perfectly balanced, E = one expert takes everything), the fraction of (layer, expert) slots with no
 token (`moe/load/dead_experts`), the entropy of the expert loads over ln E (`moe/load/entropy`, 1 when every
@@ -38,7 +39,13 @@ def read(run: Path) -> list[dict]:
 
 
 def evals(rows: list[dict]) -> dict[int, dict]:
-    return {r["step"]: r for r in rows if "accuracy/eval" in r}
+    """step -> its evaluation row, with `rollout/tokens_total` carried forward from the train rows."""
+    out, tokens = {}, 0
+    for r in rows:
+        tokens = r.get("rollout/tokens_total", tokens)
+        if "accuracy/eval" in r:
+            out[r["step"]] = {**r, "rollout/tokens_total": tokens}
+    return out
 
 
 def main() -> None:
@@ -54,7 +61,7 @@ def main() -> None:
         raise SystemExit(f"{args.moe} has no moe/* metrics: is it an MoE run with moe.metrics=true?")
 
     fmt = lambda r: " / ".join(f"{r[k]:.3f}" for k in ACC) if r else "-"  # noqa: E731
-    head = ["step", "rollout tokens", "MoE greedy / pass@1 / pass@k", "dense (same step)", *HEALTH]
+    head = ["step", "rollout tokens", "MoE greedy / pass@1 / pass@k", "dense at <= these tokens (step)", *HEALTH]
     print("| " + " | ".join(head) + " |\n|" + "---:|" * len(head))
     previous = -1
     for step in sorted(moe_evals):
@@ -63,10 +70,10 @@ def main() -> None:
         for key in HEALTH.values():
             values = [r[key] for r in window if key in r]
             health.append(f"{statistics.median(values):.3f}" if values else "-")
-        dense_steps = [s for s in dense_evals if s <= step]
-        dense = dense_evals[max(dense_steps)] if dense_steps else None
-        tokens = moe_evals[step].get("rollout/tokens_total") or 0
-        print(f"| {step} | {tokens:,} | {fmt(moe_evals[step])} | {fmt(dense)} | " + " | ".join(health) + " |")
+        tokens = moe_evals[step]["rollout/tokens_total"]
+        dense_steps = [s for s, r in dense_evals.items() if r["rollout/tokens_total"] <= tokens]
+        dense = f"{fmt(dense_evals[max(dense_steps)])} ({max(dense_steps)})" if dense_steps else "-"
+        print(f"| {step} | {tokens:,} | {fmt(moe_evals[step])} | {dense} | " + " | ".join(health) + " |")
         previous = step
 
     if args.png:
@@ -78,9 +85,10 @@ def main() -> None:
         fig, (ax_acc, ax_load) = plt.subplots(1, 2, figsize=(11, 4))
         for name, ev, style in (("MoE", moe_evals, "-o"), ("dense", dense_evals, "--s")):
             steps = sorted(ev)
-            ax_acc.plot(steps, [ev[s]["accuracy/eval_sampled"] for s in steps], style, label=f"{name} sampled pass@1")
-            ax_acc.plot(steps, [ev[s]["accuracy/eval"] for s in steps], style, alpha=0.5, label=f"{name} greedy")
-        ax_acc.set(xlabel="step", ylabel="held-out accuracy", ylim=(0, 1), title="accuracy")
+            tokens = [ev[s]["rollout/tokens_total"] for s in steps]  # equal compute, not equal steps
+            ax_acc.plot(tokens, [ev[s]["accuracy/eval_sampled"] for s in steps], style, label=f"{name} sampled pass@1")
+            ax_acc.plot(tokens, [ev[s]["accuracy/eval"] for s in steps], style, alpha=0.5, label=f"{name} greedy")
+        ax_acc.set(xlabel="rollout tokens", ylabel="held-out accuracy", ylim=(0, 1), title="accuracy")
         ax_acc.legend(fontsize=8)
         steps = [r["step"] for r in train]
         ax_load.plot(steps, [r["moe/load/max_over_mean"] for r in train], ".-", label="E*max load/total")
