@@ -497,8 +497,9 @@ class Trainer:
         tmp = self.ckpt_root / f".step_{step:06d}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         self.learners_call("save", str(tmp))
-        delay = float(os.environ.get("RLREASON_FAULT_CHECKPOINT_DELAY_S", "0"))  # fault injection for tests
-        if delay:
+        # fault injection for tests: hold the half-written checkpoint open (at one step, if one is named)
+        delay = float(os.environ.get("RLREASON_FAULT_CHECKPOINT_DELAY_S", "0"))
+        if delay and int(os.environ.get("RLREASON_FAULT_CHECKPOINT_DELAY_STEP", step)) == step:
             time.sleep(delay)
         # the learner saves its own torch RNG and shuffling generator; rollout seeds derive from
         # (seed, step), so the driver holds no random stream that a resume would need. With

@@ -1,5 +1,7 @@
 """The entry point as a user runs it: config errors, and end-to-end smoke runs of rlreason/run.py."""
 
+from types import SimpleNamespace
+
 import pytest
 from conftest import ROOT, read_metrics, run_cli
 
@@ -49,8 +51,14 @@ def _one_paragraph_error(proc, stdout_ok=False):
         (["recipe=grpo", "rollout.gpus=-2"], ["rollout.gpus=-2", "-1"]),
     ],
 )
-def test_user_mistakes_give_one_paragraph(args, expect):
-    line = _one_paragraph_error(run_cli(args, timeout=120))
+def test_user_mistakes_give_one_paragraph(args, expect, capsys):
+    """In-process through `run.main` (the CLI's own function; a subprocess per case cost 3-4 s of interpreter
+    and import start-up each); `test_existing_run_dir_is_not_overwritten` takes the same path as a process."""
+    from rlreason.run import main
+
+    rc = main(args)
+    out = capsys.readouterr()
+    line = _one_paragraph_error(SimpleNamespace(returncode=rc, stdout=out.out, stderr=out.err))
     for fragment in expect:
         assert fragment in line, line
 
@@ -90,7 +98,7 @@ def test_hanging_and_raising_verifier_are_contained(tmp_path):
     run_dir = tmp_path / "flaky"
     proc = run_cli(
         ["recipe=grpo", "scale=smoke", f"run_dir={run_dir}", "reward.verifier=tests.verifiers_fixture:flaky",
-         "reward.timeout_s=1", "reward.num_workers=2", "eval_every=0", "telemetry.tensorboard=false"]
+         "reward.timeout_s=1", "reward.num_workers=2", "eval_every=0", "task.num_eval=4", "telemetry.tensorboard=false"]
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     steps = [m for m in read_metrics(run_dir) if "reward/mean" in m]

@@ -28,7 +28,8 @@ def test_kill_during_a_checkpoint_write_then_resume_reproduces_the_uninterrupted
     assert any(want[s]["grad_norm"] > 0 for s in want)  # the weights move, so resuming them wrongly would show
 
     run_dir = tmp_path / "run"
-    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "RLREASON_FAULT_CHECKPOINT_DELAY_S": "120"}
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "RLREASON_FAULT_CHECKPOINT_DELAY_S": "120",
+           "RLREASON_FAULT_CHECKPOINT_DELAY_STEP": "4"}  # step 2's checkpoint completes at once
     proc = subprocess.Popen([sys.executable, str(ROOT / "rlreason" / "run.py"), *EXACT, f"run_dir={run_dir}"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     ckpts = run_dir / "checkpoints"
