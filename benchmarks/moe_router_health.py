@@ -6,7 +6,7 @@ For each of the MoE run's evaluations: held-out greedy / sampled pass@1 / pass@k
 the dense run at equal compute (its last evaluation at or below the MoE's rollout tokens; its step in
 brackets: the MoE's responses stay longer, so it takes fewer steps per token), and the MoE router's health over the train
 steps since the previous evaluation (medians): E * max expert load / total (`moe/load/max_over_mean`,
-1 = perfectly balanced, E = one expert takes everything), the fraction of (layer, expert) slots with no
+1 = perfectly balanced, E/k = k experts take every token), the fraction of (layer, expert) slots with no
 token (`moe/load/dead_experts`), the entropy of the expert loads over ln E (`moe/load/entropy`, 1 when every
 expert gets the same share: expert utilisation), the routing drift on a fixed probe batch since the start
 (`moe/probe/routing_change`), the router entropy, and under routing replay the share of routes the
