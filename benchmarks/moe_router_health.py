@@ -60,7 +60,7 @@ def main() -> None:
     if not train:
         raise SystemExit(f"{args.moe} has no moe/* metrics: is it an MoE run with moe.metrics=true?")
 
-    fmt = lambda r: " / ".join(f"{r[k]:.3f}" for k in ACC) if r else "-"  # noqa: E731
+    fmt = lambda r: " / ".join(f"{r[k]:.3f}" for k in ACC)  # noqa: E731
     head = ["step", "rollout tokens", "MoE greedy / pass@1 / pass@k", "dense at <= these tokens (step)", *HEALTH]
     print("| " + " | ".join(head) + " |\n|" + "---:|" * len(head))
     previous = -1
