@@ -40,6 +40,7 @@ def main() -> None:
     args = ap.parse_args()
     from rlreason.data.arithmetic import make_splits
     from rlreason.rollout.worker import RolloutWorker
+    from rlreason.transfer import WeightsFolder
 
     train, _ = make_splits(1234, args.prompts, 1, 3, 9)
     prompts = [p.prompt for p in train]
@@ -61,7 +62,7 @@ def main() -> None:
         if engine == "hf":
             w.load_weights({k: v.clone() for k, v in w.engine.model.state_dict().items()}, 1)
         else:
-            w.load_weights_from_path(args.policy, 1)
+            w.load_weights(WeightsFolder(args.policy), 1)
         sync = time.perf_counter() - t0
         rows[engine] = (start, rate, sync)
         del w

@@ -46,7 +46,7 @@ def main() -> None:
     from rlreason.assets import smollm2_folder
     from rlreason.config import AlgoConfig, LearnerConfig, LoRAConfig
     from rlreason.data.elementary_math import CATEGORIES, make_splits
-    from rlreason.learner.forward import response_logprobs
+    from rlreason.forward import response_logprobs
     from rlreason.learner.learner import Learner
     from rlreason.learner.lora import adapter_update, merged_state_dict
     from rlreason.rollout.hf import HFEngine

@@ -52,18 +52,18 @@ def work(args):
 
     cfg, _ = compose(rlreason_overrides(args, total_steps=1))
     with tempfile.TemporaryDirectory() as tmp:
-        tr = Trainer(cfg, Path(tmp))  # loads the task; the warm start comes from its cache
+        tr = Trainer.from_config(cfg, Path(tmp))  # loads the task; the warm start comes from its cache
     from rlreason.policy import load_tokenizer
 
-    tok = load_tokenizer(tr.policy_path)
+    tok = load_tokenizer(tr.policy.path)
     prompts, answers = [], []
-    for p in tr.train:
+    for p in tr.data.train:
         text = p.prompt
         if cfg.model.chat_template:
             text = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
         prompts.append(text)
         answers.append(p.answer)
-    return str(tr.policy_path), prompts, answers, cfg
+    return str(tr.policy.path), prompts, answers, cfg
 
 
 def rlreason_overrides(args, total_steps: int) -> list[str]:
@@ -172,9 +172,9 @@ def child_bare(args) -> dict:
     import torch
 
     import rewards
-    from rlreason.algos.advantages import group_advantages
+    from rlreason.algos.group import group_advantages
     from rlreason.data.sampler import PromptSampler
-    from rlreason.learner.forward import response_logprobs
+    from rlreason.forward import response_logprobs
     from rlreason.policy import load_policy, load_tokenizer
 
     policy, prompts, answers, cfg = work(args)

@@ -25,8 +25,19 @@ import torch
 from curricula.knapsack import allocate
 from curricula.length_budget import budget_schedule, triangular_length_reward
 from curricula.sec import softmax_probs, td_update
+from rlreason.algos.group import group_advantages
+from rlreason.registry import Registry
 
 
+class UnknownCurriculum(ValueError):
+    """`curriculum.strategy` names nothing registered."""
+
+
+# name -> a strategy class with `from_config(cfg, sampler, problems)`; user strategies register here too
+CURRICULA = Registry("curriculum", "curriculum.strategy", error=UnknownCurriculum, plural="curricula")
+
+
+@CURRICULA.register("uniform")
 class Uniform:
     """The default: the epoch-shuffled sampler, uniform rollouts, the trainer's reward."""
 
@@ -34,6 +45,10 @@ class Uniform:
 
     def __init__(self, sampler):
         self.sampler = sampler
+
+    @classmethod
+    def from_config(cls, cfg, sampler, problems) -> "Uniform":
+        return cls(sampler)
 
     def prompts(self, step: int, round: int = 0) -> list[int]:
         return self.sampler.next_batch()
@@ -61,6 +76,7 @@ class Uniform:
         self.sampler.load_state_dict(state["sampler"])
 
 
+@CURRICULA.register("length_budget")
 class LengthBudget(Uniform):
     """Train Long, Think Short: B(t) tightens over training; reward = w_c * correct + w_l * R_len(l; B) +
     w_f * format. The generation cap is cap_factor * B (2 by default, so the whole triangle, and
@@ -74,6 +90,12 @@ class LengthBudget(Uniform):
         self.args = (total_steps, kind, start, final, decays, custom)
         self.w = (w_correct, w_length, w_format)
         self.cap_factor = cap_factor
+
+    @classmethod
+    def from_config(cls, cfg, sampler, problems) -> "LengthBudget":
+        lb = cfg.curriculum.length
+        return cls(sampler, cfg.total_steps, lb.schedule, lb.start, lb.final, lb.decays, list(lb.custom),
+                   lb.w_correct, lb.w_length, lb.w_format, lb.cap_factor)
 
     def budget(self, step: int) -> int:
         total, kind, start, final, decays, custom = self.args
@@ -91,6 +113,7 @@ class LengthBudget(Uniform):
         return {"curriculum/budget": self.budget(step)}
 
 
+@CURRICULA.register("knapsack")
 class Knapsack(Uniform):
     """Knapsack rollout allocation: the step's total rollouts (prompts x group_size) split across its
     prompts by the exact knapsack over Value(N, p). p is the prompt's pass rate in its latest
@@ -103,6 +126,11 @@ class Knapsack(Uniform):
         super().__init__(sampler)
         self.total, self.n_low, self.n_up, self.prior = total, n_low, n_up, prior
         self.rates: dict[int, float] = {}
+
+    @classmethod
+    def from_config(cls, cfg, sampler, problems) -> "Knapsack":
+        k, r = cfg.curriculum.knapsack, cfg.rollout
+        return cls(sampler, r.prompts_per_step * r.group_size, k.n_low, k.n_up, k.prior)
 
     def _rate(self, i: int) -> float:
         if i in self.rates:
@@ -129,6 +157,7 @@ class Knapsack(Uniform):
         self.rates = {int(k): v for k, v in state["rates"].items()}
 
 
+@CURRICULA.register("sec")
 class SEC(Uniform):
     """Self-evolving curriculum: a softmax bandit over categories rewarded by mean |advantage|."""
 
@@ -144,6 +173,12 @@ class SEC(Uniform):
         self.adv = (std_ddof, adv_eps)
         self.last_counts: dict[str, int] = {}
 
+    @classmethod
+    def from_config(cls, cfg, sampler, problems) -> "SEC":
+        c = cfg.curriculum.sec
+        return cls(sampler, [p.category for p in problems], cfg.seed, c.alpha, c.tau, cfg.rollout.prompts_per_step,
+                   cfg.algo.std_ddof, cfg.algo.adv_eps)
+
     def prompts(self, step: int, round: int = 0) -> list[int]:
         rng = random.Random(f"sec-{self.seed}-{step}-{round}")
         probs = softmax_probs(self.q, self.tau)
@@ -152,8 +187,6 @@ class SEC(Uniform):
         return [rng.choice(self.members[self.arms[a]]) for a in arms]
 
     def observe(self, step, indices, batch) -> dict:
-        from rlreason.algos.advantages import group_advantages
-
         adv = group_advantages(batch.rewards, batch.group_index, *self.adv).abs()
         per_arm: dict[int, list[float]] = {}
         cat_of = {i: a for a, members in self.members.items() for i in members}
@@ -177,18 +210,6 @@ class SEC(Uniform):
 
 
 def build_curriculum(cfg, sampler, problems) -> Uniform:
-    """The strategy `cfg.curriculum.strategy` names, wired to the run's config."""
-    c, r = cfg.curriculum, cfg.rollout
-    if c.strategy == "uniform":
-        return Uniform(sampler)
-    if c.strategy == "length_budget":
-        lb = c.length
-        return LengthBudget(sampler, cfg.total_steps, lb.schedule, lb.start, lb.final, lb.decays, list(lb.custom),
-                            lb.w_correct, lb.w_length, lb.w_format, lb.cap_factor)
-    if c.strategy == "knapsack":
-        k = c.knapsack
-        return Knapsack(sampler, r.prompts_per_step * r.group_size, k.n_low, k.n_up, k.prior)
-    if c.strategy == "sec":
-        return SEC(sampler, [p.category for p in problems], cfg.seed, c.sec.alpha, c.sec.tau, r.prompts_per_step,
-                   cfg.algo.std_ddof, cfg.algo.adv_eps)
-    raise ValueError(f"unknown curriculum strategy {c.strategy!r}")
+    """The strategy `cfg.curriculum.strategy` names (a registered name, an entry point of group
+    `rlreason.curriculums` or `module:Class`), built from the run's config."""
+    return CURRICULA.get(cfg.curriculum.strategy).from_config(cfg, sampler, problems)

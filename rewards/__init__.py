@@ -23,13 +23,12 @@ never stops training.
 from __future__ import annotations
 
 import functools
-import importlib
-import importlib.metadata
 import inspect
 import json
-import logging
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Union
+
+from rlreason.registry import Registry, load_attr
 
 
 class Verifier(Protocol):
@@ -46,10 +45,9 @@ class VerifierNotFound(LookupError):
     pass
 
 
-log = logging.getLogger(__name__)
-ENTRY_POINT_GROUP = "rlreason.verifiers"
-
-# name -> "module:attr"; import paths keep the registry usable from fresh worker processes.
+# The verifier registry (rlreason/registry.py): built-ins by import path, so that naming one never imports
+# the others' dependencies, and import paths are what the verifier processes receive.
+VERIFIERS = Registry("verifier", "reward.verifier", error=VerifierNotFound)
 BUILTIN: dict[str, str] = {
     "math": "rewards.math:math_verifier",
     "format": "rewards.format:format_verifier",
@@ -59,20 +57,17 @@ BUILTIN: dict[str, str] = {
     "regex": "rewards.text:regex_verifier",
     "reasoning_gym": "rewards.reasoning_gym:reasoning_gym_verifier",
 }
-_REGISTRY: dict[str, str] = dict(BUILTIN)
+for _name, _path in BUILTIN.items():
+    VERIFIERS.register_path(_name, _path)
+ENTRY_POINT_GROUP = VERIFIERS.entry_point_group
 
 
 def register(name: str) -> Callable:
-    """Decorator: make a module-level function available as ``reward.verifier=<name>``.
+    """Decorator: make a module-level function or class available as ``reward.verifier=<name>``.
 
     The module must be importable in the verifier processes (a package, or a module in the working
-    directory)."""
-
-    def deco(fn):
-        _REGISTRY[name] = f"{fn.__module__}:{fn.__qualname__}"
-        return fn
-
-    return deco
+    directory): they receive the import path, not the object."""
+    return VERIFIERS.register(name)
 
 
 def batched(fn=None, *, batch_size: int = 64):
@@ -87,49 +82,22 @@ def batched(fn=None, *, batch_size: int = 64):
     return deco(fn) if fn is not None else deco
 
 
-@functools.lru_cache(maxsize=1)
 def entry_points() -> dict[str, str]:
     """Verifiers that installed packages declare in the ``rlreason.verifiers`` entry-point group."""
-    found = {}
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in BUILTIN:
-            log.warning("entry point %s = %s (group %s) is ignored: %r is a built-in verifier", ep.name, ep.value,
-                        ENTRY_POINT_GROUP, ep.name)
-            continue
-        found[ep.name] = ep.value
-    return found
+    return VERIFIERS.entry_points()
 
 
 def registry_names() -> list[str]:
-    return sorted(set(_REGISTRY) | set(entry_points()))
+    return VERIFIERS.names()
 
 
 def import_path(spec: str) -> str:
     """The ``module:attr`` path of a registered name, an entry point's name or an import path."""
-    if spec in _REGISTRY:
-        return _REGISTRY[spec]
-    if spec in entry_points():
-        return entry_points()[spec]
-    if ":" in spec:
-        return spec
-    raise VerifierNotFound(
-        f"unknown verifier {spec!r}; registered verifiers: {', '.join(registry_names())}, "
-        f"or give an import path such as 'my_rewards:score'."
-    )
+    return VERIFIERS.import_path(spec)
 
 
 def resolve(spec: str) -> Callable:
-    path = import_path(spec)
-    module_name, _, attr = path.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise VerifierNotFound(f"cannot import module {module_name!r} for verifier {spec!r}: {e}") from None
-    fn = module
-    for part in attr.split("."):
-        fn = getattr(fn, part, None)
-        if fn is None:
-            raise VerifierNotFound(f"module {module_name!r} has no attribute {attr!r} (verifier {spec!r})")
+    fn = load_attr(import_path(spec), f"verifier {spec!r}", VerifierNotFound)
     if not callable(fn):
         raise VerifierNotFound(f"verifier {spec!r} resolves to a non-callable {type(fn).__name__}")
     return fn

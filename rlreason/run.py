@@ -348,7 +348,7 @@ def main(argv: list[str]) -> int:
     from rlreason.trainer import LearnerDied, Trainer
 
     try:
-        trainer = Trainer(cfg, run_dir)
+        trainer = Trainer.from_config(cfg, run_dir)  # the task and the initial policy, before Ray starts
     except DataError as e:
         print(f"rlreason: data error: {e}", file=sys.stderr, flush=True)
         return 2

@@ -53,7 +53,7 @@ def test_weights_flow_learner_to_rollout_worker(ray_local, tiny_policy):
 def test_weight_transport_sends_shared_storage_once_and_roundtrips():
     import pickle
 
-    from rlreason.rollout.transfer import from_transport, to_transport
+    from rlreason.transfer import from_transport, to_transport
 
     emb = torch.randn(50, 8)
     sd = {"embed.weight": emb, "lm_head.weight": emb, "w": torch.randn(3, 4), "half": torch.randn(2).bfloat16(),

@@ -3,7 +3,7 @@ import math
 import torch
 
 from rlreason.algos import ESTIMATORS
-from rlreason.algos.advantages import group_advantages
+from rlreason.algos.group import group_advantages
 from rlreason.config import AlgoConfig
 
 
@@ -53,7 +53,7 @@ def test_grpo_estimator_broadcasts_over_response_tokens():
         group_index = torch.tensor([0, 0])
         response_mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
 
-    adv = ESTIMATORS["grpo"](B, AlgoConfig(std_ddof=0, adv_eps=0.0), {})
+    adv = ESTIMATORS.get("grpo")(B, AlgoConfig(std_ddof=0, adv_eps=0.0), {})
     assert adv.shape == (2, 3)
     assert torch.allclose(adv, torch.tensor([[1.0, 1.0, 0.0], [-1.0, 0.0, 0.0]]))
     assert not math.isnan(float(adv.sum()))

@@ -117,7 +117,7 @@ def test_nonfinite_losses_stop_the_run_with_a_message_and_keep_the_checkpoint(tm
         "import torch\n"
         "from rlreason.algos.advantages import ESTIMATORS\n"
         "def late_nan(batch, cfg, lt):\n"
-        "    adv = ESTIMATORS['grpo'](batch, cfg, lt)\n"
+        "    adv = ESTIMATORS.get('grpo')(batch, cfg, lt)\n"
         "    return adv * float('nan') if lt['progress'] > 0.5 else adv\n"
     )
     run_dir = tmp_path / "run"
@@ -143,7 +143,7 @@ def test_learner_death_stops_the_run_with_a_message_and_the_checkpoint_intact(tm
         "def dies_late(batch, cfg, lt):\n"
         "    if lt['progress'] > 0.5:\n"
         "        os._exit(1)\n"
-        "    return ESTIMATORS['grpo'](batch, cfg, lt)\n"
+        "    return ESTIMATORS.get('grpo')(batch, cfg, lt)\n"
     )
     run_dir = tmp_path / "run"
     proc = run_cli(["recipe=grpo", "scale=smoke", "total_steps=4", "algo.estimator=dying_estimator:dies_late",

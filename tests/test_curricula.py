@@ -60,7 +60,7 @@ def test_sec_td_and_temperature():
     # mean |A| identity for binary rewards under std-normalised GRPO (population std)
     import torch
 
-    from rlreason.algos.advantages import group_advantages
+    from rlreason.algos.group import group_advantages
 
     r = torch.tensor([1.0, 0, 0, 0])
     adv = group_advantages(r, torch.zeros(4, dtype=torch.long), std_ddof=0, eps=0.0)

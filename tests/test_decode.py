@@ -4,7 +4,7 @@ on what it samples, responses that end leave the batch, top-p restricts the supp
 import pytest
 import torch
 
-from rlreason.learner.forward import response_logprobs
+from rlreason.forward import response_logprobs
 from rlreason.rollout.decode import sample
 
 

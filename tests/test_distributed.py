@@ -68,18 +68,18 @@ def test_a_killed_rollout_worker_is_restarted_given_current_weights_and_the_run_
 
     cfg, _ = compose(["recipe=grpo", "scale=smoke", "total_steps=4", "eval_every=0", "telemetry.tensorboard=false",
                       "telemetry.console=false", "learner.lr=1e-2", f"run_dir={tmp_path}"])
-    trainer = Trainer(cfg, tmp_path)
+    trainer = Trainer.from_config(cfg, tmp_path)
     trainer.start()
-    worker = trainer.workers[0]
+    worker = trainer.fleet.workers[0]
     first_pid = ray.get(worker.pid.remote())
-    sync = trainer.sync_weights
+    sync = trainer.fleet.sync
 
     def sync_then_kill(version, workers=None):
         sync(version, workers)
         if version == 2 and workers is None:  # after step 2's sync: the worker process dies, as on a lost node
             os.kill(first_pid, signal.SIGKILL)
 
-    trainer.sync_weights = sync_then_kill
+    trainer.fleet.sync = sync_then_kill
     try:
         summary = trainer.fit()
         assert summary["steps"] == 4
@@ -90,11 +90,11 @@ def test_a_killed_rollout_worker_is_restarted_given_current_weights_and_the_run_
         assert ray.get(worker.pid.remote()) != first_pid
         assert ray.get(worker.ping.remote()) == 4
         # the restarted worker serves exactly the learner's weights
-        batch, _ = trainer.generate(["1+2=", "7-3="], seed=5)
+        batch, _ = trainer.fleet.generate(["1+2=", "7-3="], seed=5)
         mask = batch.response_mask.bool()
-        learner_lp = ray.get(trainer.learner.score_logprobs.remote(batch))
+        learner_lp = ray.get(trainer.learners.rank0.score_logprobs.remote(batch))
         assert (learner_lp - batch.sampling_logprobs)[mask].abs().max() < 1e-4
     finally:
         trainer.close()
-        for actor in [*trainer.learners, *trainer.workers]:
+        for actor in [*trainer.learners.actors, *trainer.fleet.workers]:
             ray.kill(actor)

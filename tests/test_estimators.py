@@ -277,8 +277,10 @@ def test_user_estimator_by_import_path(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     fn = resolve_estimator("team_estimators:sign_only")
     assert fn.needs == {"hidden"}
-    with pytest.raises(ValueError, match="cannot import"):
+    with pytest.raises(ValueError, match="has no attribute 'nope'"):
         resolve_estimator("team_estimators:nope")
+    with pytest.raises(ValueError, match="cannot import module 'no_such_team_module'"):
+        resolve_estimator("no_such_team_module:fn")
     with pytest.raises(ValueError, match="unknown estimator"):
         resolve_estimator("tempoo")
 

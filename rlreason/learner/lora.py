@@ -4,7 +4,7 @@ The base weights stay frozen and only the adapters train. The rollout engines se
 W + (alpha / r) * B A per adapted layer, computed from the adapters without touching the base (a merge
 and unmerge in place would drift the frozen weights by rounding every step): either merged here
 (`merged_state_dict`, for engines that load whole weights) or, with `model.lora.sync=adapter`, merged by
-the engine from the adapters alone (`adapter_update`; `rlreason/rollout/transfer.py`). Checkpoints hold the
+the engine from the adapters alone (`adapter_update`; `rlreason/transfer.py`). Checkpoints hold the
 adapters only; the base is the run's initial policy, which `adapter_config.json` names.
 """
 
@@ -48,7 +48,7 @@ def merged_state_dict(model) -> dict[str, torch.Tensor]:
     wrapper's keys gain a `.base_layer`, which the merged names drop."""
     from peft.tuners.lora import LoraLayer
 
-    from rlreason.rollout.transfer import stacked_merge
+    from rlreason.transfer import stacked_merge
 
     base = model.get_base_model()
     deltas: dict[str, torch.Tensor] = {}
@@ -96,7 +96,7 @@ def adapter_update(model):
     DoRA, fan-in/fan-out layers, several adapters)."""
     from peft.tuners.lora import Linear, LoraLayer
 
-    from rlreason.rollout.transfer import AdapterUpdate
+    from rlreason.transfer import AdapterUpdate
 
     out = AdapterUpdate()
     cpu = lambda t: t.detach().to("cpu", copy=True)  # noqa: E731

@@ -22,7 +22,7 @@ import contextlib
 
 import torch
 
-from rlreason.learner.forward import build_inputs
+from rlreason.forward import build_inputs
 from rlreason.moe import metrics as M
 from rlreason.moe.regularizers import expert_counts, load_balancing_loss, router_anchor_kl, z_loss
 from rlreason.moe.router import RouterTap, sequence_routes

@@ -20,14 +20,18 @@ import logging
 import torch
 
 from rlreason.batch import RolloutBatch, per_prompt_counts
+from rlreason.forward import response_logprobs
 from rlreason.policy import load_policy, load_tokenizer
 from rlreason.rollout.decode import sample
 from rlreason.rollout.routing import RoutingRecorder, find_routers
+from rlreason.transfer import TENSORS, AdapterUpdate, merge_adapter_update
 
 log = logging.getLogger(__name__)
 
 
 class HFEngine:
+    weights_format = TENSORS
+
     def __init__(self, model_path: str, threads: int = 0, record_routing: bool = True, dtype: str = "fp32",
                  share_prefix: bool = True, compact_finished: bool = True, max_batch: int = 256):
         if threads:
@@ -51,6 +55,24 @@ class HFEngine:
         self.pad_id = self.tokenizer.pad_token_id
         self.eos_id = self.tokenizer.eos_token_id
 
+    @classmethod
+    def from_config(cls, model_path: str, rollout_cfg, threads: int, seed: int) -> "HFEngine":
+        """`seed` is unused: every generate call is seeded."""
+        r = rollout_cfg
+        return cls(model_path, threads=threads, dtype=r.dtype, share_prefix=r.share_prefix, compact_finished=r.compact_finished,
+                   max_batch=r.max_batch)
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Every `rollout.*` option applies to this engine."""
+
+    def load_weights(self, weights) -> None:
+        """A state dict (all weights) or an `AdapterUpdate` (LoRA adapters, merged into the base here)."""
+        if isinstance(weights, AdapterUpdate):
+            self.load_adapter_update(weights)
+        else:
+            self.load_state_dict(weights)
+
     def load_state_dict(self, state_dict: dict) -> None:
         self.model.load_state_dict(state_dict, strict=True)  # copies cast to the engine's dtype
 
@@ -58,8 +80,6 @@ class HFEngine:
         """LoRA: W = W0 + (B @ A) * scale for every adapted weight, from fp32 copies of the initial
         (base) weights read once from the policy folder, so a bf16 engine rounds once, as it would
         loading the learner's merged weights."""
-        from rlreason.rollout.transfer import merge_adapter_update
-
         if self.lora_base is None:
             base = load_policy(self.model_path, "fp32").state_dict()
             self.lora_base = {k: base[k].to(self.device) for k in update.keys()}
@@ -170,3 +190,9 @@ class HFEngine:
             output_logits=True,
             return_dict_in_generate=True,
         )
+
+    @torch.no_grad()
+    def score(self, batch: RolloutBatch, temperature: float = 1.0) -> torch.Tensor:
+        """Teacher-forced log-probs [B, T] of the batch's responses under this engine's weights."""
+        b = batch.to(self.device)
+        return response_logprobs(self.model, b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask, temperature)["logprobs"].cpu()

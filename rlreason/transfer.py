@@ -94,3 +94,26 @@ def from_transport(state_dict: dict) -> dict:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in state_dict.items()}
+
+
+# How an engine takes new weights (its `weights_format`): in memory through the object store (a state
+# dict or an `AdapterUpdate`), or as an HF folder the learner writes and the engine reloads in place.
+TENSORS = "tensors"
+HF_FOLDER = "hf_folder"
+
+
+@dataclass
+class WeightsFolder:
+    """A new policy as an HF folder on storage every rollout worker sees (weights_format hf_folder)."""
+
+    path: str
+
+
+def unpack(payload):
+    """What a rollout worker received -> what its engine's `load_weights` takes: tensors over the
+    object store's arrays, an `AdapterUpdate` of tensors, or the `WeightsFolder` as it is."""
+    if isinstance(payload, AdapterUpdate):
+        return payload.from_transport()
+    if isinstance(payload, WeightsFolder):
+        return payload
+    return from_transport(payload)

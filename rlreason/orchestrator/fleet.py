@@ -1,0 +1,126 @@
+"""The rollout fleet: `rollout.num_workers` RolloutWorker actors, one engine each, and their weights.
+
+Engine-agnostic: an engine is named once, in the worker (`rlreason/rollout/engine.py`); the fleet only
+reads the engine class's `weights_format` to ask the learner for the right payload.
+
+- `generate` splits the prompts across the workers and retries with the same seeds when a worker
+  died (Ray restarts it with the initial weights) or answered with stale weights, after bringing
+  the restarted ones to the current weights (`rollout.max_restarts` tries).
+- `sync(version)` moves the learner's weights to every worker: through Ray's object store
+  (TENSORS: the learner puts them there itself, the driver only passes the reference) or as an HF
+  folder under the run directory that each engine reloads in place (HF_FOLDER).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+
+from rlreason import QUIET_ENV
+from rlreason.batch import RolloutBatch
+from rlreason.rollout.engine import ENGINES
+from rlreason.rollout.worker import RolloutWorker
+from rlreason.transfer import HF_FOLDER, WeightsFolder
+
+log = logging.getLogger(__name__)
+DEAD = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
+
+
+class RolloutFleet:
+    def __init__(self, cfg, policy_path, learners, threads: int, resources: dict, place, pad_id: int, run_dir: Path):
+        """`place(k)`: Ray options for worker k; `learners`: the LearnerGroup whose weights it serves."""
+        r = cfg.rollout
+        self.cfg = r
+        self.learners = learners
+        self.pad_id = pad_id
+        self.weights_format = ENGINES.get(r.engine).weights_format
+        self.sync_dir = str((Path(run_dir) / "weights_sync").resolve())  # HF_FOLDER engines reload from here
+        env = {"runtime_env": {"env_vars": dict(QUIET_ENV)}}
+        # a worker that dies is restarted by Ray (its __init__ runs again, with the initial weights);
+        # `generate` notices, gives it the current weights and retries
+        self.workers = [
+            ray.remote(RolloutWorker).options(**resources, **env, **place(k), max_restarts=r.max_restarts).remote(
+                r.engine, str(policy_path), threads, r, cfg.seed + k)
+            for k in range(r.num_workers)
+        ]
+        self.weights_version = 0
+        self.restarts = 0  # recoveries so far (faults/rollout_recoveries)
+        ray.get([w.ping.remote() for w in self.workers])
+
+    def generate(self, prompts: list[str], seed: int, greedy: bool = False, n: int | list[int] | None = None,
+                 max_new_tokens: int | None = None) -> tuple[RolloutBatch, list[str]]:
+        """n samples per prompt (one n, or a list with one count per prompt) across the workers."""
+        r = self.cfg
+        n = n or (1 if greedy else r.group_size)
+        counts = n if isinstance(n, list) else [n] * len(prompts)
+        shards = np.array_split(np.arange(len(prompts)), len(self.workers))
+        for attempt in range(r.max_restarts + 1):
+            futures = [
+                w.generate.remote([prompts[i] for i in shard], int(shard[0]) if len(shard) else 0, [counts[i] for i in shard],
+                                  max_new_tokens or r.max_new_tokens, r.temperature, r.top_p, greedy, seed + k)
+                for k, (w, shard) in enumerate(zip(self.workers, shards)) if len(shard)
+            ]
+            try:
+                results = ray.get(futures)
+                # a worker Ray restarted before this call came back with the initial weights
+                if all(b.weights_version == self.weights_version for b, _ in results):
+                    break
+                problem = "a rollout worker answered with stale weights (it was restarted)"
+            except DEAD as e:
+                problem = f"a rollout worker died ({type(e).__name__})"
+                if attempt == r.max_restarts:
+                    raise RuntimeError(f"rollout workers failed {attempt + 1} times in one generation call; giving up") from e
+            log.warning("%s; waiting for Ray to restart it, then retrying with the same seeds", problem)
+            self.recover()
+        else:
+            raise RuntimeError(f"rollout workers kept answering with stale weights after {r.max_restarts + 1} tries")
+        batch = RolloutBatch.concat([b for b, _ in results], self.pad_id)
+        texts = [t for _, ts in results for t in ts]
+        return batch, texts
+
+    def sync(self, version: int, workers: list | None = None) -> None:
+        """Give `workers` (default: all) the learner's current weights, labelled `version`."""
+        workers = self.workers if workers is None else workers
+        if self.weights_format == HF_FOLDER:
+            payload = WeightsFolder(self.learners.call("save_weights", self.sync_dir))
+        else:
+            (payload,) = self.learners.call("put_weights")  # a reference into the object store
+        ray.get([w.load_weights.remote(payload, version) for w in workers])
+        self.weights_version = version
+
+    def recover(self, timeout_s: float = 600.0) -> None:
+        """Wait until every worker answers again (Ray restarts dead ones), then give the restarted
+        ones, which came back with the initial weights, the current weights."""
+        deadline = time.monotonic() + timeout_s
+        stale = []
+        for w in self.workers:
+            while True:
+                try:
+                    version = ray.get(w.ping.remote(), timeout=60)
+                    break
+                except (*DEAD, ray.exceptions.GetTimeoutError) as e:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("a rollout worker died and Ray did not restart it (rollout.max_restarts spent?)") from e
+                    time.sleep(1.0)
+            if version != self.weights_version:
+                stale.append(w)
+        self.restarts += 1
+        if stale and self.weights_version:
+            self.sync(self.weights_version, stale)
+        log.warning("%d rollout worker(s) restarted and brought to weights version %d", len(stale), self.weights_version)
+
+    def peak_memory(self) -> dict:
+        """Peak RSS of the largest worker (and CUDA peak where there is a GPU), MiB."""
+        try:
+            peaks = ray.get([w.peak_memory_mb.remote() for w in self.workers], timeout=30)
+        except Exception as e:  # noqa: BLE001 - a metric must not stop training; a dead worker is handled in generate
+            log.debug("rollout peak memory not read: %s", e)
+            return {}
+        out = {"memory/rollout_peak_rss_mb": max(p["rss"] for p in peaks)}
+        if peaks[0]["cuda"] is not None:
+            out["memory/rollout_peak_cuda_mb"] = max(p["cuda"] for p in peaks)
+        return out
