@@ -89,3 +89,8 @@ def chaos(completion: str, sample: dict) -> float:
     if kind == 2:
         die(completion, sample)
     return math_verifier(completion, sample).score
+
+
+def even_length(completion: str, sample: dict) -> float:
+    """1 for an even number of characters: a random policy's groups then mix 0s and 1s."""
+    return float(len(completion) % 2 == 0)
