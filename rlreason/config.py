@@ -1,7 +1,7 @@
 """Structured config schema and validation.
 
 Every key a user can set lives in one of these dataclasses. `run.py` composes the Hydra config groups
-under `recipes/` (recipe, model, task, scale) on top of this schema, so a misspelled key or a value of
+under `recipes/` on top of this schema, so a misspelled key or a value of
 the wrong type is caught by OmegaConf, and `validate()` checks ranges and choices. Both end in a
 `ConfigError`, which `run.py` prints as one paragraph before any actor starts.
 """
@@ -23,6 +23,38 @@ class ConfigError(ValueError):
     """A user mistake in the config: the message names the key path and the valid choices."""
 
 
+def _choice(path: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{path}={value!r} is not valid; choose one of: {', '.join(map(str, choices))}.")
+
+
+def _registered(path: str, name: str, registry) -> None:
+    """`name` resolves in `registry` (a registered name, an entry point or an importable module:attr)."""
+    try:
+        registry.get(name)
+    except registry.error as e:
+        raise ConfigError(f"{path}={name!r}: {e}") from None
+
+
+def _positive(path: str, value, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{path}={value!r} is not valid; it must be {bound}.")
+
+
+def _within(path: str, value, low, high, low_open: bool = False, high_open: bool = False) -> None:
+    above = value > low if low_open else value >= low
+    below = value < high if high_open else value <= high
+    if not (above and below):
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ConfigError(f"{path}={value} is not valid; it must lie in {interval}.")
+
+
+def _positives(section, prefix: str, names: tuple, allow_zero: bool = False) -> None:
+    for name in names:
+        _positive(f"{prefix}.{name}" if prefix else name, getattr(section, name), allow_zero)
+
+
 @dataclass
 class LoRAConfig:
     r: int = 0  # > 0: train LoRA adapters of this rank (peft); the base weights stay frozen
@@ -36,6 +68,19 @@ class LoRAConfig:
     # gradients (rlreason/learner/expert_lora.py); weights = peft's own fold of the whole stack every forward
     expert_forward: str = "activations"
 
+    def check(self, cfg) -> None:
+        _positive("model.lora.r", self.r, allow_zero=True)
+        if self.r > 0 and self.alpha <= 0:
+            raise ConfigError(f"model.lora.alpha={self.alpha} is not valid; it must be > 0.")
+        lc = cfg.learner
+        if self.r > 0 and lc.strategy == "deepspeed" and lc.zero_stage == 3:
+            raise ConfigError("model.lora.r > 0 with learner.zero_stage=3 is not supported (the adapters are small and the "
+                              "merged-weight sync reads whole base layers); use learner.zero_stage=2.")
+        _choice("model.lora.sync", self.sync, ("adapter", "merged"))
+        _choice("model.lora.expert_forward", self.expert_forward, ("activations", "weights"))
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"model.lora.dropout={self.dropout} is not valid; it must lie in [0, 1).")
+
 
 @dataclass
 class ModelConfig:
@@ -46,7 +91,6 @@ class ModelConfig:
     arch: str = "qwen3_moe"  # tiny_moe's architecture: qwen3_moe | qwen2_moe | mixtral | olmoe
     path: Optional[str] = None
     chat_template: bool = False  # wrap each prompt in the tokenizer's chat template (instruct models)
-    tokenizer: str = "char"  # char: the built-in character tokenizer; else an HF tokenizer folder
     hidden_size: int = 128
     intermediate_size: int = 256
     moe_intermediate_size: int = 64
@@ -58,6 +102,40 @@ class ModelConfig:
     max_position_embeddings: int = 128
     tie_embeddings: bool = True
     lora: LoRAConfig = field(default_factory=LoRAConfig)
+
+    def check(self, cfg) -> None:
+        _choice("model.kind", self.kind, MODEL_KINDS)
+        if self.kind == "pretrained":
+            self._check_pretrained()
+        if self.kind in ("tiny_moe", "smollm2_moe") and not 1 <= self.top_k <= self.num_experts:
+            raise ConfigError(f"model.top_k={self.top_k} is not valid; it must lie in 1..model.num_experts ({self.num_experts}).")
+        if self.kind == "tiny_moe":
+            from rlreason.policy import MOE_ARCHS
+
+            _choice("model.arch", self.arch, MOE_ARCHS)
+            if self.hidden_size % self.num_heads:
+                raise ConfigError(f"model.hidden_size={self.hidden_size} must be divisible by model.num_heads={self.num_heads}.")
+
+    def _check_pretrained(self) -> None:
+        """A local HF causal-LM folder (config and tokenizer), with a chat template if asked for."""
+        from pathlib import Path
+
+        if not self.path:
+            raise ConfigError("model.path must name an HF model folder when model.kind=pretrained.")
+        folder = Path(self.path)
+        if not (folder / "config.json").is_file():
+            raise ConfigError(f"model.path={self.path} is not an HF model folder (no config.json there); save one with "
+                              "save_pretrained, or download a hub model to a folder first (runs never fetch from a hub).")
+        if self.chat_template:
+            from rlreason.policy import load_tokenizer
+
+            try:
+                template = load_tokenizer(folder).chat_template
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"model.path={self.path}: its tokenizer does not load ({e}).") from None
+            if not template:
+                raise ConfigError(f"model.chat_template=true but the tokenizer in model.path={self.path} has no chat template; "
+                                  "set model.chat_template=false to feed prompts as raw text.")
 
 
 @dataclass
@@ -90,6 +168,51 @@ class TaskConfig:
     # error = stop before training, naming file and row; skip = drop it, report it and count it
     bad_rows: str = "error"
 
+    def check(self, cfg) -> None:
+        _choice("task.name", self.name, TASKS)
+        _choice("task.bad_rows", self.bad_rows, ("error", "skip"))
+        _positives(self, "task", ("num_train", "num_eval"))
+        if self.name == "gsm8k" and self.path:
+            from pathlib import Path
+
+            missing = [f for f in ("train.jsonl", "test.jsonl") if not (Path(self.path) / f).exists()]
+            if missing:
+                raise ConfigError(
+                    f"task.path={self.path} lacks {' and '.join(missing)} (task=gsm8k reads <path>/train.jsonl and test.jsonl)."
+                )
+        if self.name == "jsonl":
+            from rlreason.data.tasks import data_file
+
+            for key in ("path", "eval_path"):
+                value = getattr(self, key)
+                try:
+                    found = bool(value) and data_file(value).is_file()
+                except FileNotFoundError:
+                    found = False
+                if (key == "path" or value) and not found:
+                    raise ConfigError(f"task.{key}={value} is not a file (task=jsonl reads JSON lines from task.path, eval rows "
+                                      f"from task.eval_path or the last task.num_eval rows of task.path).")
+        if self.name == "reasoning_gym":
+            import reasoning_gym
+
+            names = sorted(reasoning_gym.factory.DATASETS)
+            if self.dataset not in names:
+                raise ConfigError(f"task.dataset={self.dataset!r} is not a reasoning-gym dataset; choose one of: {', '.join(names)}.")
+        if self.name == "elementary_math":
+            from rlreason.data.elementary_math import CATEGORIES
+
+            cats = list(self.categories)
+            if not cats or any(c not in CATEGORIES for c in cats) or len(set(cats)) != len(cats):
+                raise ConfigError(f"task.categories={cats} is not valid; name each of {', '.join(CATEGORIES)} at most once.")
+            _positive("task.eval_per_category", self.eval_per_category)
+            if cfg.model.kind == "tiny_moe":
+                raise ConfigError("task=elementary_math asks questions in English for an instruct model; the tiny_moe policy's "
+                                  "character tokenizer cannot read them. Use model=smollm2, model=smollm2-moe or "
+                                  "model.kind=pretrained model.path=<HF folder>.")
+        for level in self.levels:
+            if level < 2:
+                raise ConfigError(f"task.levels={list(self.levels)}: every level (number of terms) must be >= 2.")
+
 
 @dataclass
 class VerifierEntry:
@@ -98,6 +221,16 @@ class VerifierEntry:
     args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the function / constructor
     timeout_s: Optional[float] = None  # per call; None: reward.timeout_s
     accuracy: bool = False  # this verifier's score is accuracy/train and eval (default: the first entry)
+
+    def check(self, where: str) -> None:
+        from rewards import VerifierNotFound, load
+
+        if self.timeout_s is not None:
+            _positive(f"{where}.timeout_s", self.timeout_s)
+        try:
+            load(self.name, dict(self.args))
+        except VerifierNotFound as err:
+            raise ConfigError(f"{where}: {err}") from None
 
 
 @dataclass
@@ -112,6 +245,22 @@ class RewardConfig:
     num_workers: int = 2  # verifier processes
     async_concurrency: int = 16  # completions one worker awaits at once for an async verifier
     isolation: str = "process"  # process: the sandboxed pool | inline: call in the trainer (trusted verifiers only)
+
+    def check(self, cfg) -> None:
+        _choice("reward.isolation", self.isolation, ISOLATION)
+        _positives(self, "reward", ("num_workers", "timeout_s", "async_concurrency"))
+        _positives(self, "reward", ("cpu_limit_s", "memory_limit_mb"), allow_zero=True)
+        if self.memory_limit_mb and self.memory_limit_mb < 256:
+            raise ConfigError(f"reward.memory_limit_mb={self.memory_limit_mb} is too small for a Python process; use >= 256 "
+                              "or 0 (no limit).")
+        entries = list(self.verifiers) or [VerifierEntry(self.verifier)]
+        names = [e.name for e in entries]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"reward.verifiers names {names} repeat; each verifier may appear once.")
+        if sum(bool(e.accuracy) for e in entries) > 1:
+            raise ConfigError("reward.verifiers: at most one entry may set accuracy: true.")
+        for i, e in enumerate(entries):
+            e.check(f"reward.verifiers[{i}]" if self.verifiers else "reward.verifier")
 
 
 @dataclass
@@ -128,6 +277,12 @@ class WarmstartConfig:
     # policy then hesitates between guessing and working, and RL has to find out which pays
     direct_answer_fraction: float = 0.5
     cache_dir: str = "~/.cache/rlreason/warmstart"
+
+    def check(self, cfg) -> None:
+        _positives(self, "warmstart", ("max_steps", "batch_size", "lr", "eval_every", "eval_size"))
+        _positive("warmstart.warmup_steps", self.warmup_steps, allow_zero=True)
+        _within("warmstart.target_accuracy", self.target_accuracy, 0, 1)
+        _within("warmstart.direct_answer_fraction", self.direct_answer_fraction, 0, 1)
 
 
 @dataclass
@@ -154,6 +309,20 @@ class RolloutConfig:
     compact_finished: bool = True
     max_batch: int = 256  # hf engine: sequences decoded at once; a larger request (e.g. a sampled eval) runs in chunks
 
+    def check(self, cfg) -> None:
+        _positives(self, "rollout", ("prompts_per_step", "group_size", "max_new_tokens", "num_workers", "max_batch", "temperature"))
+        _positive("rollout.max_restarts", self.max_restarts, allow_zero=True)
+        _within("rollout.top_p", self.top_p, 0, 1, low_open=True)
+        _choice("rollout.dtype", self.dtype, DTYPES)
+        _gpus("rollout.gpus", self.gpus)
+        from rlreason.rollout.engine import ENGINES
+
+        _registered("rollout.engine", self.engine, ENGINES)
+        try:
+            ENGINES.get(self.engine).check_config(cfg)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
 
 @dataclass
 class TempoConfig:
@@ -166,6 +335,9 @@ class THRConfig:
     tau_beta: float = 1.0  # dominant-set threshold: tau = tau_beta * min over correct responses of mean |THR|
     only_dominant: bool = False  # "THR-only": zero advantage outside the dominant set
 
+    def check(self, cfg) -> None:
+        _within("algo.thr.p", self.p, -1, 1)
+
 
 @dataclass
 class D3SConfig:
@@ -176,10 +348,19 @@ class D3SConfig:
     per_group: bool = False  # D3S-I: select within each group instead of across the batch
     token_scope: str = "batch"  # batch | sequence
 
+    def check(self, cfg) -> None:
+        _choice("algo.d3s.token_scope", self.token_scope, ("batch", "sequence"))
+        for name in ("n_init", "n_final", "k_init", "k_final"):
+            _within(f"algo.d3s.{name}", getattr(self, name), 0, 1, low_open=True)
+
 
 @dataclass
 class TWConfig:
     alpha: float = 1.4  # weights lie in [1, alpha] (the official code's default; its script uses 1.7)
+
+    def check(self, cfg) -> None:
+        if self.alpha < 1:
+            raise ConfigError(f"algo.tw.alpha={self.alpha} is not valid; it must be >= 1.")
 
 
 @dataclass
@@ -214,6 +395,29 @@ class AlgoConfig:
     d3s: D3SConfig = field(default_factory=D3SConfig)
     tw: TWConfig = field(default_factory=TWConfig)
 
+    def check(self, cfg) -> None:
+        from rlreason.algos import ESTIMATORS
+        from rlreason.algos.losses import LOSS_AGGREGATIONS, POLICY_LOSSES
+        from rlreason.algos.rollout_correction import TIS_MODES
+
+        _registered("algo.loss_agg", self.loss_agg, LOSS_AGGREGATIONS)
+        _registered("algo.estimator", self.estimator, ESTIMATORS)
+        _registered("algo.policy_loss", self.policy_loss, POLICY_LOSSES)
+        for sub in (self.thr, self.d3s, self.tw):
+            sub.check(cfg)
+        if not 0 <= self.filter_low <= self.filter_high <= 1:
+            raise ConfigError(f"algo.filter_low={self.filter_low}, algo.filter_high={self.filter_high}: need 0 <= low <= high <= 1.")
+        if self.overlong_shaping and not 0 < self.overlong_cache < cfg.rollout.max_new_tokens:
+            raise ConfigError(f"algo.overlong_cache={self.overlong_cache} must lie in 1..rollout.max_new_tokens-1 "
+                              f"({cfg.rollout.max_new_tokens - 1}) when algo.overlong_shaping=true.")
+        _positive("algo.filter_max_rounds", self.filter_max_rounds)
+        _choice("algo.std_ddof", self.std_ddof, (0, 1))
+        _choice("algo.tis_mode", self.tis_mode, TIS_MODES)
+        if self.tis_cap < 1:
+            raise ConfigError(f"algo.tis_cap={self.tis_cap} is not valid; it must be >= 1.")
+        _positives(self, "algo", ("kl_coef", "entropy_coef", "clip_eps_high"), allow_zero=True)
+        _within("algo.clip_eps_low", self.clip_eps_low, 0, 1, high_open=True)
+
 
 @dataclass
 class MoEConfig:
@@ -228,6 +432,16 @@ class MoEConfig:
     metrics: bool = True  # moe/* router health metrics (mismatch, load, logits, probe routing change)
     layer_metrics: bool = True  # also per layer (moe/layer<l>/...)
     probe_size: int = 16  # sequences of the first batch kept as a fixed probe for routing change per step
+
+    def check(self, cfg) -> None:
+        from rlreason.moe.control import REPLAY_MODES
+
+        _choice("moe.routing_replay", self.routing_replay, REPLAY_MODES)
+        _choice("moe.lb_scope", self.lb_scope, ("micro", "global"))
+        _positives(self, "moe", ("lb_coef", "z_coef", "anchor_coef", "probe_size"), allow_zero=True)
+        if self.routing_replay != "none" and cfg.model.kind == "smollm2":
+            raise ConfigError(f"moe.routing_replay={self.routing_replay} needs an MoE policy; model=smollm2 is dense "
+                              "(try model=smollm2-moe).")
 
 
 @dataclass
@@ -261,6 +475,22 @@ class LearnerConfig:
     # a non-finite loss or gradient norm skips that update (logged in train/skipped_updates); this many
     # in a row stop the run, leaving the last checkpoint as it was
     max_nonfinite_updates: int = 3
+
+    def check(self, cfg) -> None:
+        _choice("learner.dtype", self.dtype, DTYPES)
+        _choice("learner.strategy", self.strategy, STRATEGIES)
+        _positives(self, "learner", ("num_workers", "mini_batches", "length_buckets", "ppo_epochs", "max_nonfinite_updates", "lr"))
+        _positive("learner.grad_clip", self.grad_clip, allow_zero=True)
+        if self.strategy == "single" and self.num_workers != 1:
+            raise ConfigError(f"learner.num_workers={self.num_workers} needs learner.strategy=deepspeed (the single learner is "
+                              "one process).")
+        if self.strategy == "deepspeed":
+            _choice("learner.zero_stage", self.zero_stage, (2, 3))
+        _gpus("learner.gpus", self.gpus)
+        batch = cfg.rollout.prompts_per_step * cfg.rollout.group_size
+        if batch < self.mini_batches:
+            raise ConfigError(f"learner.mini_batches={self.mini_batches} exceeds the batch of rollout.prompts_per_step x "
+                              f"rollout.group_size = {batch} responses.")
 
 
 @dataclass
@@ -297,6 +527,31 @@ class CurriculumConfig:
     knapsack: KnapsackConfig = field(default_factory=KnapsackConfig)
     sec: SECConfig = field(default_factory=SECConfig)
 
+    def check(self, cfg) -> None:
+        from curricula.strategies import CURRICULA
+
+        _registered("curriculum.strategy", self.strategy, CURRICULA)
+        _choice("curriculum.length.schedule", self.length.schedule, ("exponential", "linear", "custom"))
+        if self.strategy == "length_budget":
+            if self.length.schedule == "custom" and not self.length.custom:
+                raise ConfigError("curriculum.length.schedule=custom needs curriculum.length.custom=[b1,b2,...].")
+            _positives(self.length, "curriculum.length", ("start", "final", "cap_factor"))
+        if self.strategy == "knapsack":
+            k, total = self.knapsack, cfg.rollout.prompts_per_step * cfg.rollout.group_size
+            if not 1 <= k.n_low <= k.n_up:
+                raise ConfigError(f"curriculum.knapsack: need 1 <= n_low ({k.n_low}) <= n_up ({k.n_up}).")
+            if k.n_low * cfg.rollout.prompts_per_step > total:
+                raise ConfigError(
+                    f"curriculum.knapsack.n_low={k.n_low} x rollout.prompts_per_step={cfg.rollout.prompts_per_step} exceeds the "
+                    f"step's rollouts ({total} = prompts_per_step x group_size)."
+                )
+            if not 0 < k.prior < 1:
+                raise ConfigError(f"curriculum.knapsack.prior={k.prior} must lie in (0, 1).")
+        if self.strategy == "sec":
+            _positive("curriculum.sec.tau", self.sec.tau)
+            if not 0 < self.sec.alpha <= 1:
+                raise ConfigError(f"curriculum.sec.alpha={self.sec.alpha} must lie in (0, 1].")
+
 
 @dataclass
 class TelemetryConfig:
@@ -312,12 +567,18 @@ class RayConfig:
     # rollout actors with that strategy (strict_pack + fractional gpus colocates them on one GPU node)
     placement: str = "none"
 
+    def check(self, cfg) -> None:
+        _choice("ray.placement", self.placement, PLACEMENTS)
+
 
 @dataclass
 class TrainerConfig:
     # 0: synchronous | 1: generate step t+1 (with the weights before step t's update) while the learner
     # trains on step t; pair it with algo.tis_mode=token to correct for the stale sampler
     off_policy_steps: int = 0
+
+    def check(self, cfg) -> None:
+        _choice("trainer.off_policy_steps", self.off_policy_steps, (0, 1))
 
 
 @dataclass
@@ -350,281 +611,20 @@ class Config:
     ray: RayConfig = field(default_factory=RayConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
-
-def _choice(path: str, value, choices) -> None:
-    if value not in choices:
-        raise ConfigError(f"{path}={value!r} is not valid; choose one of: {', '.join(map(str, choices))}.")
-
-
-def _registered(path: str, name: str, registry) -> None:
-    """`name` resolves in `registry` (a registered name, an entry point or an importable module:attr)."""
-    try:
-        registry.get(name)
-    except registry.error as e:
-        raise ConfigError(f"{path}={name!r}: {e}") from None
+    def check(self, cfg=None) -> None:
+        _positive("total_steps", self.total_steps)
+        _positives(self, "", ("rollout_token_budget", "eval_every", "eval_samples", "checkpoint_every"), allow_zero=True)
 
 
-def _positive(path: str, value, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{path}={value!r} is not valid; it must be {bound}.")
+def validate(cfg: Config) -> None:
+    """Range and choice checks the schema's types cannot express, raising `ConfigError`. Each section
+    checks its own keys (`check(cfg)`, next to its fields); `cfg` is passed for cross-section rules."""
+    for section in (cfg.model, cfg.model.lora, cfg.task, cfg.curriculum, cfg.rollout, cfg.learner, cfg.moe, cfg.algo, cfg.ray,
+                    cfg.trainer, cfg.reward, cfg.warmstart):
+        section.check(cfg)
+    cfg.check()
 
 
-def validate(cfg) -> None:
-    """Range and choice checks the schema's types cannot express. `cfg` is a Config or DictConfig."""
-    from rlreason.algos import ESTIMATORS
-    from rlreason.algos.losses import LOSS_AGGREGATIONS, POLICY_LOSSES
-
-    _choice("model.kind", cfg.model.kind, MODEL_KINDS)
-    if cfg.model.kind == "pretrained":
-        _check_pretrained(cfg.model)
-    if cfg.model.kind in ("tiny_moe", "smollm2_moe"):
-        if cfg.model.top_k > cfg.model.num_experts or cfg.model.top_k < 1:
-            raise ConfigError(
-                f"model.top_k={cfg.model.top_k} is not valid; it must lie in 1..model.num_experts ({cfg.model.num_experts})."
-            )
-    if cfg.model.kind == "tiny_moe":
-        from rlreason.policy import MOE_ARCHS
-
-        _choice("model.arch", cfg.model.arch, MOE_ARCHS)
-        if cfg.model.hidden_size % cfg.model.num_heads:
-            raise ConfigError(
-                f"model.hidden_size={cfg.model.hidden_size} must be divisible by model.num_heads={cfg.model.num_heads}."
-            )
-    _choice("task.name", cfg.task.name, TASKS)
-    if cfg.task.name == "gsm8k" and cfg.task.path:
-        from pathlib import Path
-
-        missing = [f for f in ("train.jsonl", "test.jsonl") if not (Path(cfg.task.path) / f).exists()]
-        if missing:
-            raise ConfigError(
-                f"task.path={cfg.task.path} lacks {' and '.join(missing)} (task=gsm8k reads <path>/train.jsonl and test.jsonl)."
-            )
-    if cfg.task.name == "jsonl":
-        from rlreason.data.tasks import data_file
-
-        for key in ("path", "eval_path"):
-            value = getattr(cfg.task, key)
-            try:
-                found = bool(value) and data_file(value).is_file()
-            except FileNotFoundError:
-                found = False
-            if (key == "path" or value) and not found:
-                raise ConfigError(f"task.{key}={value} is not a file (task=jsonl reads JSON lines from task.path, eval rows "
-                                  f"from task.eval_path or the last task.num_eval rows of task.path).")
-    if cfg.task.name == "reasoning_gym":
-        import reasoning_gym
-
-        names = sorted(reasoning_gym.factory.DATASETS)
-        if cfg.task.dataset not in names:
-            raise ConfigError(f"task.dataset={cfg.task.dataset!r} is not a reasoning-gym dataset; choose one of: {', '.join(names)}.")
-    if cfg.task.name == "elementary_math":
-        from rlreason.data.elementary_math import CATEGORIES
-
-        cats = list(cfg.task.categories)
-        if not cats or any(c not in CATEGORIES for c in cats) or len(set(cats)) != len(cats):
-            raise ConfigError(f"task.categories={cats} is not valid; name each of {', '.join(CATEGORIES)} at most once.")
-        _positive("task.eval_per_category", cfg.task.eval_per_category)
-        if cfg.model.kind == "tiny_moe":
-            raise ConfigError("task=elementary_math asks questions in English for an instruct model; the tiny_moe policy's "
-                              "character tokenizer cannot read them. Use model=smollm2, model=smollm2-moe or "
-                              "model.kind=pretrained model.path=<HF folder>.")
-    for level in cfg.task.levels:
-        if level < 2:
-            raise ConfigError(f"task.levels={list(cfg.task.levels)}: every level (number of terms) must be >= 2.")
-    _check_curriculum(cfg)
-    _choice("learner.dtype", cfg.learner.dtype, DTYPES)
-    _choice("rollout.dtype", cfg.rollout.dtype, DTYPES)
-    from rlreason.rollout.engine import ENGINES
-
-    _registered("rollout.engine", cfg.rollout.engine, ENGINES)
-    try:
-        ENGINES.get(cfg.rollout.engine).check_config(cfg)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    _check_moe(cfg)
-    _check_scale_out(cfg)
-    _registered("algo.loss_agg", cfg.algo.loss_agg, LOSS_AGGREGATIONS)
-    _registered("algo.estimator", cfg.algo.estimator, ESTIMATORS)
-    _registered("algo.policy_loss", cfg.algo.policy_loss, POLICY_LOSSES)
-    _choice("algo.d3s.token_scope", cfg.algo.d3s.token_scope, ("batch", "sequence"))
-    for path in ("algo.d3s.n_init", "algo.d3s.n_final", "algo.d3s.k_init", "algo.d3s.k_final"):
-        if not 0 < _get(cfg, path) <= 1:
-            raise ConfigError(f"{path}={_get(cfg, path)} is not valid; it must lie in (0, 1].")
-    if cfg.algo.tw.alpha < 1:
-        raise ConfigError(f"algo.tw.alpha={cfg.algo.tw.alpha} is not valid; it must be >= 1.")
-    if not -1 <= cfg.algo.thr.p <= 1:
-        raise ConfigError(f"algo.thr.p={cfg.algo.thr.p} is not valid; it must lie in [-1, 1].")
-    if not 0 <= cfg.algo.filter_low <= cfg.algo.filter_high <= 1:
-        raise ConfigError(
-            f"algo.filter_low={cfg.algo.filter_low}, algo.filter_high={cfg.algo.filter_high}: need 0 <= low <= high <= 1."
-        )
-    if cfg.algo.overlong_shaping and not 0 < cfg.algo.overlong_cache < cfg.rollout.max_new_tokens:
-        raise ConfigError(
-            f"algo.overlong_cache={cfg.algo.overlong_cache} must lie in 1..rollout.max_new_tokens-1 "
-            f"({cfg.rollout.max_new_tokens - 1}) when algo.overlong_shaping=true."
-        )
-    _positive("algo.filter_max_rounds", cfg.algo.filter_max_rounds)
-    _choice("algo.std_ddof", cfg.algo.std_ddof, (0, 1))
-    from rlreason.algos.rollout_correction import TIS_MODES
-
-    _choice("algo.tis_mode", cfg.algo.tis_mode, TIS_MODES)
-    if cfg.algo.tis_cap < 1:
-        raise ConfigError(f"algo.tis_cap={cfg.algo.tis_cap} is not valid; it must be >= 1.")
-    for path in (
-        "total_steps",
-        "rollout.prompts_per_step",
-        "rollout.group_size",
-        "rollout.max_new_tokens",
-        "rollout.num_workers",
-        "rollout.max_batch",
-        "learner.mini_batches",
-        "learner.length_buckets",
-        "learner.ppo_epochs",
-        "learner.max_nonfinite_updates",
-        "task.num_train",
-        "task.num_eval",
-        "reward.num_workers",
-        "reward.timeout_s",
-        "rollout.temperature",
-        "learner.lr",
-    ):
-        _positive(path, _get(cfg, path))
-    for path in ("rollout_token_budget", "eval_every", "eval_samples", "checkpoint_every", "algo.kl_coef", "algo.entropy_coef",
-                 "learner.grad_clip"):
-        _positive(path, _get(cfg, path), allow_zero=True)
-    if not 0 < cfg.rollout.top_p <= 1:
-        raise ConfigError(f"rollout.top_p={cfg.rollout.top_p} is not valid; it must lie in (0, 1].")
-    if not 0 <= cfg.algo.clip_eps_low < 1:
-        raise ConfigError(f"algo.clip_eps_low={cfg.algo.clip_eps_low} is not valid; it must lie in [0, 1).")
-    _positive("algo.clip_eps_high", cfg.algo.clip_eps_high, allow_zero=True)
-    if cfg.rollout.prompts_per_step * cfg.rollout.group_size < cfg.learner.mini_batches:
-        raise ConfigError(
-            f"learner.mini_batches={cfg.learner.mini_batches} exceeds the batch of "
-            f"rollout.prompts_per_step x rollout.group_size = {cfg.rollout.prompts_per_step * cfg.rollout.group_size} responses."
-        )
-    _check_reward(cfg)
-
-
-def _check_reward(cfg) -> None:
-    from rewards import VerifierNotFound, load
-
-    r = cfg.reward
-    _choice("reward.isolation", r.isolation, ISOLATION)
-    _choice("task.bad_rows", cfg.task.bad_rows, ("error", "skip"))
-    for path in ("reward.cpu_limit_s", "reward.memory_limit_mb"):
-        _positive(path, _get(cfg, path), allow_zero=True)
-    _positive("reward.async_concurrency", r.async_concurrency)
-    if r.memory_limit_mb and r.memory_limit_mb < 256:
-        raise ConfigError(f"reward.memory_limit_mb={r.memory_limit_mb} is too small for a Python process; use >= 256 or 0 (no limit).")
-    entries = list(r.verifiers) or [VerifierEntry(r.verifier)]
-    names = [e.name for e in entries]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"reward.verifiers names {names} repeat; each verifier may appear once.")
-    if sum(bool(e.accuracy) for e in entries) > 1:
-        raise ConfigError("reward.verifiers: at most one entry may set accuracy: true.")
-    for i, e in enumerate(entries):
-        where = f"reward.verifiers[{i}]" if r.verifiers else "reward.verifier"
-        if e.timeout_s is not None:
-            _positive(f"{where}.timeout_s", e.timeout_s)
-        try:
-            load(e.name, dict(e.args))
-        except VerifierNotFound as err:
-            raise ConfigError(f"{where}: {err}") from None
-
-
-def _check_pretrained(m) -> None:
-    """model.kind=pretrained: a local HF causal-LM folder (config and tokenizer), with a chat template if asked for."""
-    from pathlib import Path
-
-    if not m.path:
-        raise ConfigError("model.path must name an HF model folder when model.kind=pretrained.")
-    folder = Path(m.path)
-    if not (folder / "config.json").is_file():
-        raise ConfigError(f"model.path={m.path} is not an HF model folder (no config.json there); save one with "
-                          "save_pretrained, or download a hub model to a folder first (runs never fetch from a hub).")
-    if m.chat_template:
-        from rlreason.policy import load_tokenizer
-
-        try:
-            template = load_tokenizer(folder).chat_template
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"model.path={m.path}: its tokenizer does not load ({e}).") from None
-        if not template:
-            raise ConfigError(f"model.chat_template=true but the tokenizer in model.path={m.path} has no chat template; "
-                              "set model.chat_template=false to feed prompts as raw text.")
-
-
-def _check_curriculum(cfg) -> None:
-    c = cfg.curriculum
-    from curricula.strategies import CURRICULA
-
-    _registered("curriculum.strategy", c.strategy, CURRICULA)
-    _choice("curriculum.length.schedule", c.length.schedule, ("exponential", "linear", "custom"))
-    if c.strategy == "length_budget":
-        if c.length.schedule == "custom" and not c.length.custom:
-            raise ConfigError("curriculum.length.schedule=custom needs curriculum.length.custom=[b1,b2,...].")
-        for path in ("curriculum.length.start", "curriculum.length.final", "curriculum.length.cap_factor"):
-            _positive(path, _get(cfg, path))
-    if c.strategy == "knapsack":
-        k, total = c.knapsack, cfg.rollout.prompts_per_step * cfg.rollout.group_size
-        if not 1 <= k.n_low <= k.n_up:
-            raise ConfigError(f"curriculum.knapsack: need 1 <= n_low ({k.n_low}) <= n_up ({k.n_up}).")
-        if k.n_low * cfg.rollout.prompts_per_step > total:
-            raise ConfigError(
-                f"curriculum.knapsack.n_low={k.n_low} x rollout.prompts_per_step={cfg.rollout.prompts_per_step} exceeds the "
-                f"step's rollouts ({total} = prompts_per_step x group_size)."
-            )
-        if not 0 < k.prior < 1:
-            raise ConfigError(f"curriculum.knapsack.prior={k.prior} must lie in (0, 1).")
-    if c.strategy == "sec":
-        _positive("curriculum.sec.tau", c.sec.tau)
-        if not 0 < c.sec.alpha <= 1:
-            raise ConfigError(f"curriculum.sec.alpha={c.sec.alpha} must lie in (0, 1].")
-
-
-def _check_scale_out(cfg) -> None:
-    """Sharded learners, LoRA, placement, faults and the async option."""
-    lc = cfg.learner
-    _choice("learner.strategy", lc.strategy, STRATEGIES)
-    _positive("learner.num_workers", lc.num_workers)
-    if lc.strategy == "single" and lc.num_workers != 1:
-        raise ConfigError(f"learner.num_workers={lc.num_workers} needs learner.strategy=deepspeed (the single learner is one process).")
-    if lc.strategy == "deepspeed":
-        _choice("learner.zero_stage", lc.zero_stage, (2, 3))
-    _choice("ray.placement", cfg.ray.placement, PLACEMENTS)
-    for path in ("learner.gpus", "rollout.gpus"):
-        if _get(cfg, path) < 0 and _get(cfg, path) != -1:
-            raise ConfigError(f"{path}={_get(cfg, path)} is not valid; it must be >= 0, or -1 for one GPU when the cluster has GPUs.")
-    _positive("rollout.max_restarts", cfg.rollout.max_restarts, allow_zero=True)
-    lora = cfg.model.lora
-    _positive("model.lora.r", lora.r, allow_zero=True)
-    if lora.r > 0 and lora.alpha <= 0:
-        raise ConfigError(f"model.lora.alpha={lora.alpha} is not valid; it must be > 0.")
-    if lora.r > 0 and lc.strategy == "deepspeed" and lc.zero_stage == 3:
-        raise ConfigError("model.lora.r > 0 with learner.zero_stage=3 is not supported (the adapters are small and the "
-                          "merged-weight sync reads whole base layers); use learner.zero_stage=2.")
-    _choice("model.lora.sync", lora.sync, ("adapter", "merged"))
-    _choice("model.lora.expert_forward", lora.expert_forward, ("activations", "weights"))
-    if not 0 <= lora.dropout < 1:
-        raise ConfigError(f"model.lora.dropout={lora.dropout} is not valid; it must lie in [0, 1).")
-    _choice("trainer.off_policy_steps", cfg.trainer.off_policy_steps, (0, 1))
-
-
-def _check_moe(cfg) -> None:
-    from rlreason.moe.control import REPLAY_MODES
-
-    m = cfg.moe
-    _choice("moe.routing_replay", m.routing_replay, REPLAY_MODES)
-    _choice("moe.lb_scope", m.lb_scope, ("micro", "global"))
-    for path in ("moe.lb_coef", "moe.z_coef", "moe.anchor_coef", "moe.probe_size"):
-        _positive(path, _get(cfg, path), allow_zero=True)
-    if m.routing_replay != "none" and cfg.model.kind == "smollm2":
-        raise ConfigError(f"moe.routing_replay={m.routing_replay} needs an MoE policy; model=smollm2 is dense (try model=smollm2-moe).")
-
-
-def _get(cfg, path: str):
-    node = cfg
-    for part in path.split("."):
-        node = getattr(node, part)
-    return node
+def _gpus(path: str, value: float) -> None:
+    if value < 0 and value != -1:
+        raise ConfigError(f"{path}={value} is not valid; it must be >= 0, or -1 for one GPU when the cluster has GPUs.")

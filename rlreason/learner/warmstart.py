@@ -44,6 +44,8 @@ def _plain(x):
 _NEUTRAL_TASK = {"levels": [], "path": None}
 _NEUTRAL_MODEL = {"arch": "qwen3_moe", "chat_template": False}
 _IGNORED_MODEL = ("lora",)  # RL-time options: the warm start trains the full base model either way
+# keys since removed from the schema, at the value every cached warm start was made with (so caches stay valid)
+_RETIRED_MODEL = {"tokenizer": "char"}
 
 
 def cache_key(model_cfg, task_cfg, ws_cfg, seed: int, vocab: dict) -> str:
@@ -54,8 +56,8 @@ def cache_key(model_cfg, task_cfg, ws_cfg, seed: int, vocab: dict) -> str:
     task = {k: v for k, v in _plain(task_cfg).items() if not (k in _NEUTRAL_TASK and v == _NEUTRAL_TASK[k])}
     blob = json.dumps(
         {
-            "model": {k: v for k, v in _plain(model_cfg).items()
-                      if k not in _IGNORED_MODEL and not (k in _NEUTRAL_MODEL and v == _NEUTRAL_MODEL[k])},
+            "model": {**_RETIRED_MODEL, **{k: v for k, v in _plain(model_cfg).items()
+                                           if k not in _IGNORED_MODEL and not (k in _NEUTRAL_MODEL and v == _NEUTRAL_MODEL[k])}},
             "task": task,
             "warmstart": ws,
             "seed": seed,
