@@ -1,4 +1,5 @@
-"""Entry point: ``python rlreason/run.py recipe=<name> [model=..] [task=..] [scale=..] [key.path=value ...]``.
+"""Entry point: ``python rlreason/run.py [recipe=<name>] [algo=..] [curriculum=..] [moe=..] [model=..] [task=..]
+[scale=..] [key.path=value ...]`` (``--help`` lists the groups; ``--cfg`` prints the composed config).
 
 ``python rlreason/run.py -m recipe=grpo,tempo seed=0,1,2 [sweep_dir=DIR]`` runs every combination
 (see `multirun`); ``python -m rlreason.report DIR`` compares them.
@@ -27,12 +28,43 @@ from rlreason import QUIET_ENV  # noqa: E402  (after the path set-up above)
 for k, v in QUIET_ENV.items():
     os.environ.setdefault(k, v)
 
-GROUPS = ("recipe", "model", "task", "scale")
+GROUPS = ("recipe", "algo", "curriculum", "moe", "model", "task", "scale")
 CONFIG_DIR = REPO_ROOT / "recipes"
+
+
+GROUP_HELP = {
+    "recipe": "a named method: one choice of algo, curriculum and moe",
+    "algo": "the advantage estimator and its loss (overrides the recipe's)",
+    "curriculum": "which prompts, how many rollouts each, what token budget",
+    "moe": "routing replay and router regularisers (MoE policies)",
+    "model": "the policy",
+    "task": "the problems and their verifier",
+    "scale": "steps and batch sizes",
+}
 
 
 def group_choices(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def usage() -> str:
+    """`run.py --help`: the groups, their choices, and where every key is listed."""
+    lines = [
+        "usage: python rlreason/run.py [group=choice ...] [key.path=value ...]",
+        "       python rlreason/run.py --cfg [overrides ...]      print the composed config and exit",
+        "       python rlreason/run.py -m key=a,b [...]            a sweep: one run per combination",
+        "",
+        "config groups (defaults: recipe=grpo model=tiny_moe task=arithmetic scale=default):",
+    ]
+    for g in GROUPS:
+        lines.append(f"  {g + '=':<12} {', '.join(group_choices(g))}")
+        lines.append(f"  {'':<12} {GROUP_HELP[g]}")
+    lines += [
+        "",
+        "every key, its default and meaning: docs/configuration.md; the keys a run would use: --cfg.",
+        "example: python rlreason/run.py algo=tempo curriculum=knapsack moe=r3 scale=smoke",
+    ]
+    return "\n".join(lines)
 
 
 class UserError(Exception):
@@ -149,10 +181,15 @@ def _explain(e: BaseException) -> str:
     return f"invalid configuration: {first}"
 
 
-def default_run_dir(choices: dict, seed: int) -> Path:
+METHOD_GROUPS = ("recipe", "algo", "curriculum", "moe")
+
+
+def default_run_dir(argv: list[str], choices: dict, seed: int) -> Path:
+    """runs/<method>-<time>-s<seed>; the method is the recipe and method groups given (e.g. tempo-knapsack-r3)."""
     import time
 
-    return Path("runs") / f"{choices['recipe']}-{time.strftime('%Y%m%d-%H%M%S')}-s{seed}"
+    given = [ov.split("=", 1)[1] for ov in argv if ov.split("=", 1)[0] in METHOD_GROUPS]
+    return Path("runs") / f"{'-'.join(given) or choices['recipe']}-{time.strftime('%Y%m%d-%H%M%S')}-s{seed}"
 
 
 def _local_cluster(cfgs) -> tuple[int, str]:
@@ -317,6 +354,20 @@ def main(argv: list[str]) -> int:
 
     if argv and argv[0] in ("-m", "--multirun"):
         return multirun(argv[1:])
+    if any(a in ("-h", "--help") for a in argv):
+        print(usage())
+        return 0
+    if "--cfg" in argv:
+        from omegaconf import OmegaConf
+
+        try:
+            cfg, choices = compose([a for a in argv if a != "--cfg"])
+        except UserError as e:
+            print(f"rlreason: config error: {e}", file=sys.stderr)
+            return 2
+        print(f"# choices: {' '.join(f'{g}={c}' for g, c in choices.items() if c)}")
+        print(OmegaConf.to_yaml(OmegaConf.structured(cfg)), end="")
+        return 0
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
@@ -331,7 +382,7 @@ def main(argv: list[str]) -> int:
     except UserError as e:
         print(f"rlreason: config error: {e}", file=sys.stderr)
         return 2
-    run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(choices, cfg.seed)
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(argv, choices, cfg.seed)
     cfg.run_dir = str(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     print(f"run_dir: {run_dir.resolve()}", flush=True)

@@ -72,8 +72,29 @@ def test_checkpoint_roundtrip(tiny_policy, rollout, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_config_dataclass_replace_keeps_types():
-    assert dataclasses.replace(LearnerConfig(), threads=2).threads == 2
+def test_a_user_estimators_advantages_are_the_ones_the_loss_uses(tiny_policy, rollout, tmp_path, monkeypatch):
+    """An estimator loaded from a team's module by import path: on-policy the PPO term per token is -A, so
+    the policy loss is exactly the aggregate of -A under the loss's aggregation; the estimator's own
+    metric arrives with the step."""
+    from rlreason.algos.losses import aggregate
+
+    (tmp_path / "team_adv.py").write_text(
+        "import torch\n"
+        "from rlreason.algos import Estimate\n"
+        "def position_ramp(batch, cfg, lt):\n"
+        "    t = torch.arange(batch.response_ids.shape[1], dtype=torch.float32)\n"
+        "    adv = (batch.rewards[:, None] - 0.5) * (1.0 + 0.1 * t) * batch.response_mask\n"
+        "    return Estimate(adv, metrics={'team/called': 1.0})\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _, batch = rollout
+    t = torch.arange(batch.response_ids.shape[1], dtype=torch.float32)
+    expected = (batch.rewards[:, None] - 0.5) * (1.0 + 0.1 * t) * batch.response_mask
+    for agg in ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"):
+        learner = Learner(tiny_policy, LearnerConfig(), AlgoConfig(estimator="team_adv:position_ramp", loss_agg=agg), 1.0, 12)
+        m = learner.train_step(batch)
+        assert m["team/called"] == 1.0 and m["ratio/mean"] == 1.0
+        assert m["loss/policy"] == pytest.approx(float(aggregate(-expected, batch.response_mask, agg, 12)), rel=1e-5, abs=1e-7)
 
 
 @pytest.mark.parametrize("mode", ["token", "sequence-mask"])
