@@ -59,7 +59,7 @@ def _positives(section, prefix: str, names: tuple, allow_zero: bool = False) -> 
 class LoRAConfig:
     r: int = 0  # > 0: train LoRA adapters of this rank (peft); the base weights stay frozen
     alpha: float = 16.0  # scale alpha / r
-    dropout: float = 0.0
+    dropout: float = 0.0  # dropout on the adapters' input (0: none)
     target_modules: str = "all-linear"  # peft's all-linear, or comma-separated module names (q_proj,v_proj)
     # how the rollout engines get the weights: adapter = only the adapters travel and the HF engine merges
     # them into its base copy; merged = the learner merges and sends every weight. vLLM always reloads merged
@@ -89,18 +89,18 @@ class ModelConfig:
     # Mixtral-architecture MoE of num_experts copies of each MLP, top_k routed (rlreason/moe/upcycle.py)
     kind: str = "tiny_moe"
     arch: str = "qwen3_moe"  # tiny_moe's architecture: qwen3_moe | qwen2_moe | mixtral | olmoe
-    path: Optional[str] = None
+    path: Optional[str] = None  # pretrained: the HF folder (config, weights, tokenizer); never fetched from a hub
     chat_template: bool = False  # wrap each prompt in the tokenizer's chat template (instruct models)
-    hidden_size: int = 128
-    intermediate_size: int = 256
-    moe_intermediate_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    num_experts: int = 8
-    top_k: int = 2
-    max_position_embeddings: int = 128
-    tie_embeddings: bool = True
+    hidden_size: int = 128  # tiny_moe: model width
+    intermediate_size: int = 256  # tiny_moe: dense MLP width (architectures with a shared expert or dense layers)
+    moe_intermediate_size: int = 64  # tiny_moe: each expert's MLP width
+    num_layers: int = 2  # tiny_moe: transformer blocks
+    num_heads: int = 4  # tiny_moe: attention heads
+    num_kv_heads: int = 2  # tiny_moe: key/value heads (grouped-query attention)
+    num_experts: int = 8  # tiny_moe and smollm2_moe: experts per MoE block
+    top_k: int = 2  # tiny_moe and smollm2_moe: experts routed per token
+    max_position_embeddings: int = 128  # tiny_moe: longest prompt + response
+    tie_embeddings: bool = True  # tiny_moe: the output head shares the input embedding
     lora: LoRAConfig = field(default_factory=LoRAConfig)
 
     def check(self, cfg) -> None:
@@ -144,26 +144,27 @@ class TaskConfig:
     # | gsm8k (local JSONL folder at `path`, else the hub) | jsonl (any JSONL file at `path`, e.g. MedQA)
     # | reasoning_gym (the generator `dataset`, scored by its own score_answer)
     name: str = "arithmetic"
-    num_terms: int = 3
-    max_value: int = 9
+    num_terms: int = 3  # arithmetic: numbers per problem
+    max_value: int = 9  # arithmetic: largest number
     # difficulty levels for arithmetic: each problem draws its number of terms from this list and is
     # labelled with the category "terms<k>" (curricula choose among them); empty = [num_terms]
     levels: list[int] = field(default_factory=list)
-    path: Optional[str] = None  # gsm8k: a folder with train.jsonl / test.jsonl (`question`, `answer` with '#### N')
-    num_train: int = 20000
-    num_eval: int = 200
-    eval_fraction: float = 0.1
+    # gsm8k: a folder with train.jsonl / test.jsonl (`question`, `answer` with '#### N'); jsonl: the file
+    # (pkg:<package>/<path> reads one shipped inside an installed package)
+    path: Optional[str] = None
+    num_train: int = 20000  # training problems (at most; a file-backed task has what it has)
+    num_eval: int = 200  # held-out problems (elementary_math: see eval_per_category)
+    eval_fraction: float = 0.1  # arithmetic: share of problem texts that belong to the held-out split (by a hash of the text)
     seed: int = 1234  # the data seed: fixed across run seeds so every run sees the same eval split
-    # jsonl: the fields of each row; the eval split is `eval_path`, else the last num_eval rows of `path`
-    eval_path: Optional[str] = None
-    prompt_key: str = "question"
-    answer_key: str = "answer"
+    eval_path: Optional[str] = None  # jsonl: the held-out rows (default: the last num_eval rows of `path`)
+    prompt_key: str = "question"  # jsonl: the row's prompt field
+    answer_key: str = "answer"  # jsonl: the row's gold-answer field
     options_key: Optional[str] = None  # multiple choice: a dict, a list or "A. ...\nB. ..." (MedQA)
     dataset: str = "chain_sum"  # reasoning_gym: the generator's name
     # elementary_math: the skills (add1, add2, sub2, compare, mul1), each a category; the held-out split is
     # eval_per_category problems of each (fixed by a hash of the text; task.num_eval is not used)
     categories: list[str] = field(default_factory=lambda: ["add1", "add2", "sub2", "compare", "mul1"])
-    eval_per_category: int = 32
+    eval_per_category: int = 32  # elementary_math: held-out problems per skill
     # a row without an answer, of the wrong type or with a gold answer the verifier cannot read:
     # error = stop before training, naming file and row; skip = drop it, report it and count it
     bad_rows: str = "error"
@@ -217,7 +218,7 @@ class TaskConfig:
 @dataclass
 class VerifierEntry:
     name: str = "math"  # a registered name, an entry point (group rlreason.verifiers) or module:attr
-    weight: float = 1.0
+    weight: float = 1.0  # its score's weight in the reward (reward = sum of weight * score)
     args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the function / constructor
     timeout_s: Optional[float] = None  # per call; None: reward.timeout_s
     accuracy: bool = False  # this verifier's score is accuracy/train and eval (default: the first entry)
@@ -265,18 +266,18 @@ class RewardConfig:
 
 @dataclass
 class WarmstartConfig:
-    enabled: bool = True
-    max_steps: int = 800
-    batch_size: int = 64
-    lr: float = 3.0e-3
-    warmup_steps: int = 20
+    enabled: bool = True  # tiny_moe: SFT warm start before RL (false: RL from the random policy)
+    max_steps: int = 800  # SFT steps at most
+    batch_size: int = 64  # SFT examples per step
+    lr: float = 3.0e-3  # SFT learning rate
+    warmup_steps: int = 20  # SFT learning-rate warm-up steps
     target_accuracy: float = 0.6  # stop SFT once greedy validation accuracy reaches this (room left for RL)
-    eval_every: int = 25
-    eval_size: int = 200
+    eval_every: int = 25  # SFT steps between validation checks
+    eval_size: int = 200  # validation problems (a slice of the train split; the held-out split is never used)
     # fraction of SFT examples answered directly ("#14") instead of with worked steps: the warm-start
     # policy then hesitates between guessing and working, and RL has to find out which pays
     direct_answer_fraction: float = 0.5
-    cache_dir: str = "~/.cache/rlreason/warmstart"
+    cache_dir: str = "~/.cache/rlreason/warmstart"  # warm starts are cached here under a hash of their settings
 
     def check(self, cfg) -> None:
         _positives(self, "warmstart", ("max_steps", "batch_size", "lr", "eval_every", "eval_size"))
@@ -287,13 +288,13 @@ class WarmstartConfig:
 
 @dataclass
 class RolloutConfig:
-    engine: str = "hf"
-    num_workers: int = 1
-    prompts_per_step: int = 32
-    group_size: int = 8
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 32
+    engine: str = "hf"  # the rollout engine: hf (transformers) / vllm, or a registered or module:Class engine
+    num_workers: int = 1  # rollout actors; the prompts are split across them
+    prompts_per_step: int = 32  # prompts (groups) per training step
+    group_size: int = 8  # responses sampled per prompt (G)
+    temperature: float = 1.0  # sampling temperature (the learner's log-probs use the same)
+    top_p: float = 1.0  # nucleus sampling (1: off); top-k is always off
+    max_new_tokens: int = 32  # response length cap
     cpus: float = 1.0  # Ray CPUs reserved per rollout actor
     gpus: float = -1.0  # Ray GPUs per rollout actor; -1 = 1 if the cluster has GPUs, else 0 (0.5: share one with a learner)
     max_restarts: int = 3  # a rollout actor that dies is restarted this often, given current weights, and the step retried
@@ -342,9 +343,9 @@ class THRConfig:
 @dataclass
 class D3SConfig:
     n_init: float = 0.5  # share of the batch's samples kept at the start (max-variance subset)
-    n_final: float = 1.0
+    n_final: float = 1.0  # share of samples kept at the end
     k_init: float = 0.5  # share of the kept samples' tokens kept at the start (top |A| * H)
-    k_final: float = 1.0
+    k_final: float = 1.0  # share of tokens kept at the end
     per_group: bool = False  # D3S-I: select within each group instead of across the batch
     token_scope: str = "batch"  # batch | sequence
 
@@ -368,27 +369,27 @@ class AlgoConfig:
     estimator: str = "grpo"  # a registered name (see rlreason/algos) or module:function
     policy_loss: str = "ppo"  # ppo (token ratio) | gspo (sequence ratio) | gspo-token
     std_ddof: int = 1  # ddof of the group std (1 = unbiased, as TRL/verl)
-    adv_eps: float = 1.0e-6
-    scale_by_std: bool = True
-    clip_eps_low: float = 0.2
-    clip_eps_high: float = 0.2
+    adv_eps: float = 1.0e-6  # added to the group std before dividing
+    scale_by_std: bool = True  # divide by the group std (false: Dr.GRPO's r - mean)
+    clip_eps_low: float = 0.2  # PPO clip below: ratio >= 1 - clip_eps_low
+    clip_eps_high: float = 0.2  # PPO clip above: ratio <= 1 + clip_eps_high (DAPO's clip-higher: 0.28)
     kl_coef: float = 0.0  # k3 KL to a frozen reference; 0 = off and no reference model is loaded
-    kl_clamp: float = 10.0
-    entropy_coef: float = 0.0
-    loss_agg: str = "seq-mean-token-mean"
+    kl_clamp: float = 10.0  # clamp of the per-token k3 KL
+    entropy_coef: float = 0.0  # entropy bonus (0: off)
+    loss_agg: str = "seq-mean-token-mean"  # seq-mean-token-mean (GRPO), token-mean (DAPO), seq-mean-token-sum-norm (Dr.GRPO)
     loss_norm_len: int = 0  # L_gen of seq-mean-token-sum-norm; 0 = rollout.max_new_tokens
     # truncated importance sampling between the rollout engine and the learner (algos/rollout_correction.py)
     tis_mode: str = "off"  # off | token | sequence-mask
-    tis_cap: float = 2.0
+    tis_cap: float = 2.0  # the truncation C of the importance weight
     # DAPO's overlong reward shaping: -> 0 up to max_new_tokens - overlong_cache, then linearly to -1 at max_new_tokens
     overlong_shaping: bool = False
-    overlong_cache: int = 8
+    overlong_cache: int = 8  # the penalised stretch before max_new_tokens, in tokens
     # dynamic sampling: keep only groups whose pass rate lies in the band, refill from new prompts
     # (DAPO: low=0, high=1, exclusive, i.e. drop groups with zero reward variance)
     dynamic_sampling: bool = False
-    filter_low: float = 0.0
-    filter_high: float = 1.0
-    filter_inclusive: bool = False
+    filter_low: float = 0.0  # dynamic sampling: the lowest pass rate kept
+    filter_high: float = 1.0  # dynamic sampling: the highest pass rate kept
+    filter_inclusive: bool = False  # dynamic sampling: the band includes its ends (false: 0 < rate < 1 for DAPO)
     filter_max_rounds: int = 4  # generation rounds per step before training on a short batch
     tempo: TempoConfig = field(default_factory=TempoConfig)
     thr: THRConfig = field(default_factory=THRConfig)
@@ -446,15 +447,15 @@ class MoEConfig:
 
 @dataclass
 class LearnerConfig:
-    lr: float = 5.0e-4
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0
+    lr: float = 5.0e-4  # AdamW learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    beta1: float = 0.9  # AdamW beta1
+    beta2: float = 0.99  # AdamW beta2
+    grad_clip: float = 1.0  # global gradient-norm clip (0: off)
     dtype: str = "fp32"  # fp32, or bf16 autocast over fp32 master weights
     grad_checkpointing: bool = False  # recompute activations in backward (non-reentrant; routing replay holds)
-    mini_batches: int = 1
-    ppo_epochs: int = 1
+    mini_batches: int = 1  # optimizer updates per epoch over the step's batch
+    ppo_epochs: int = 1  # passes over the step's batch
     # one on-policy update (ppo_epochs = mini_batches = 1, one rank): take the old-policy values from the
     # differentiated forward itself (detached) instead of a separate no-grad forward; same numbers, one forward fewer
     fuse_old_pass: bool = True
@@ -469,7 +470,7 @@ class LearnerConfig:
     threads: int = 0  # torch threads per learner actor; 0 = the node's cores split among the actors computing at once
     # single: one learner process | deepspeed: num_workers data-parallel actors under DeepSpeed ZeRO
     strategy: str = "single"
-    num_workers: int = 1
+    num_workers: int = 1  # learner actors (DeepSpeed ranks; 1 for single)
     zero_stage: int = 2  # 2: optimizer state and gradients sharded | 3: the weights too
     deepspeed_config: dict[str, Any] = field(default_factory=dict)  # merged into the generated DeepSpeed config
     # a non-finite loss or gradient norm skips that update (logged in train/skipped_updates); this many
@@ -502,9 +503,9 @@ class LengthBudgetConfig:
     custom: list[int] = field(default_factory=list)  # schedule=custom: one budget per equal stage
     in_prompt: bool = True  # prefix the prompt with "budget <B>: "
     cap_factor: float = 2.0  # generation cap = cap_factor * B (2: the whole triangular reward is reachable)
-    w_correct: float = 0.6
-    w_length: float = 0.3
-    w_format: float = 0.1
+    w_correct: float = 0.6  # reward weight of correctness
+    w_length: float = 0.3  # reward weight of the triangular length reward (peak at exactly the budget)
+    w_format: float = 0.1  # reward weight of the format verifier
 
 
 @dataclass
@@ -555,8 +556,8 @@ class CurriculumConfig:
 
 @dataclass
 class TelemetryConfig:
-    tensorboard: bool = True
-    console: bool = True
+    tensorboard: bool = True  # also write TensorBoard scalars to run_dir/tensorboard (metrics.jsonl is always written)
+    console: bool = True  # one line per step on the console
 
 
 @dataclass
@@ -583,10 +584,10 @@ class TrainerConfig:
 
 @dataclass
 class Config:
-    seed: int = 0
-    run_dir: Optional[str] = None
-    resume: bool = False
-    total_steps: int = 100
+    seed: int = 0  # seeds the learner, the data order and every rollout (rollout seeds derive from (seed, step))
+    run_dir: Optional[str] = None  # where the run writes (default runs/<method>-<time>-s<seed>)
+    resume: bool = False  # continue run_dir from its last complete checkpoint
+    total_steps: int = 100  # training steps (one batch, one learner update, one weight sync each)
     # stop after the step whose generated response tokens (all rounds) reach this total; 0 = off.
     # Compares methods at an equal rollout budget (DAPO's refills and D3S's down-sampling differ per step).
     rollout_token_budget: int = 0
@@ -594,10 +595,10 @@ class Config:
     # the eval: greedy accuracy always; with eval_sampled also pass@1 and pass@k from eval_samples samples per
     # problem at rollout.temperature (0: rollout.group_size), overall and per category (rlreason/evaluation.py)
     eval_sampled: bool = True
-    eval_samples: int = 0
+    eval_samples: int = 0  # k of the sampled eval (0: rollout.group_size)
     eval_cache: bool = True  # reuse the initial policy's evaluation across runs that repeat it (rlreason/eval_cache.py)
     checkpoint_every: int = 50  # 0: only at the last step
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # the newest N complete checkpoints are kept (0: all)
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)

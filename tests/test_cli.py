@@ -180,21 +180,21 @@ def test_lora_with_one_step_off_policy_runs_end_to_end(tmp_path):
     assert (ckpt / "adapter" / "adapter_config.json").exists()
 
 
-def _readme_block(marker: str) -> str:
-    text = (ROOT / "README.md").read_text()
+def _docs_block(marker: str) -> str:
+    text = (ROOT / "docs" / "verifiers.md").read_text()
     after = text.split(f"<!-- verifier-example: {marker} -->", 1)[1]
     return after.split("```", 2)[1].split("\n", 1)[1]
 
 
 @pytest.mark.integration
-def test_readme_verifier_example_runs_from_a_module_outside_the_package(tmp_path):
-    """The README's `my_team/verifiers.py` and command, run from a directory outside the checkout:
+def test_docs_verifier_example_runs_from_a_module_outside_the_package(tmp_path):
+    """docs/verifiers.md's `my_team/verifiers.py` and command, run from a directory outside the checkout:
     a plain function, a class with args, an async and a batched verifier, weighted with `math`."""
     import shlex
 
     (tmp_path / "my_team").mkdir()
-    (tmp_path / "my_team" / "verifiers.py").write_text(_readme_block("module"))
-    command = shlex.split(_readme_block("command").strip())
+    (tmp_path / "my_team" / "verifiers.py").write_text(_docs_block("module"))
+    command = shlex.split(_docs_block("command").strip())
     assert command[:2] == ["python", "rlreason/run.py"]
     run_dir = tmp_path / "run"
     proc = run_cli([*command[2:], f"run_dir={run_dir}", "telemetry.tensorboard=false"], cwd=tmp_path)

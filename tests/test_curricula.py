@@ -1,4 +1,4 @@
-"""Curricula: hand-worked values from ../shared/specs/algorithms.md section 5."""
+"""Curricula: hand-worked values (docs/algorithms.md, "Curricula")."""
 
 import itertools
 import math
@@ -68,13 +68,11 @@ def test_sec_td_and_temperature():
 
 
 def gsm8k_dir():
-    """The shared GSM8K copy: ../shared/data/gsm8k beside the checkout, or /work/shared."""
+    """A small folder in GSM8K's format (problems written for these tests: `question`, `answer` ending in
+    `#### N`, thousands separators included)."""
     from pathlib import Path
 
-    for d in (Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k", Path("/work/shared/data/gsm8k")):
-        if (d / "train.jsonl").exists():
-            return d
-    pytest.skip("no shared GSM8K copy (../shared/data/gsm8k) on this machine")
+    return Path(__file__).resolve().parent / "data" / "gsm8k"
 
 
 # -- strategies -------------------------------------------------------------------------------------
@@ -143,15 +141,16 @@ def test_length_budget_strategy_reward_and_cap():
     assert r.tolist() == pytest.approx([0.6 + 0.3 + 0.1, 0.0 + 0.0 + 0.1])
 
 
-def test_gsm8k_loader_reads_the_shared_copy_and_reports_bad_rows(tmp_path):
+def test_gsm8k_loader_reads_a_local_folder_and_reports_bad_rows(tmp_path):
 
     from rlreason.data.tasks import gsm8k_answer, gsm8k_split
 
-    shared = gsm8k_dir()
-    train = gsm8k_split(str(shared), "train")
-    assert len(train) == 7473 and len(gsm8k_split(str(shared), "test")) == 1319
-    assert train[0].answer == "72" and train[0].solution.endswith("#72")  # Natalia's clips
-    assert all(p.category == "gsm8k" and p.prompt.startswith("Question: ") for p in train[:10])
+    folder = gsm8k_dir()
+    train = gsm8k_split(str(folder), "train")
+    assert len(train) == 8 and len(gsm8k_split(str(folder), "test")) == 4
+    assert train[0].answer == "19" and train[0].solution.endswith("#19")
+    assert train[5].answer == "850"  # "#### 850" after "1,200 - 350"
+    assert all(p.category == "gsm8k" and p.prompt.startswith("Question: ") for p in train)
     assert gsm8k_answer("so 1,234 #### 1,234") == "1234"
     (tmp_path / "train.jsonl").write_text('{"question": "q", "answer": "a #### 3"}\n{"question": "q2", "answer": "no final"}\n')
     with pytest.raises(ValueError, match=r"train.jsonl:2"):

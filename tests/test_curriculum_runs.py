@@ -42,7 +42,7 @@ def test_resume_restores_curriculum_state_exactly(tmp_path, recipe):
 def test_gsm8k_task_runs_from_a_local_folder(tmp_path):
     run_dir = tmp_path / "gsm8k"
     proc = run_cli(["recipe=grpo", "task=gsm8k", f"task.path={gsm8k_dir()}", "scale=smoke", "warmstart.enabled=false",
-                    "model.max_position_embeddings=1024", "task.num_train=64", "task.num_eval=4", "total_steps=1",
+                    "model.max_position_embeddings=1024", "task.num_train=8", "task.num_eval=4", "total_steps=1",
                     "rollout.prompts_per_step=2", "telemetry.tensorboard=false", f"run_dir={run_dir}"], timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     steps = [m for m in read_metrics(run_dir) if "loss/policy" in m]

@@ -1,4 +1,4 @@
-"""The GRPO variants: hand-worked numbers and properties from ../shared/specs/algorithms.md."""
+"""The GRPO variants: hand-worked numbers and properties (docs/algorithms.md)."""
 
 import itertools
 import math

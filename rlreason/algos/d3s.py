@@ -1,5 +1,5 @@
 """D3S: dynamic dual-level down-sampling (Wang et al., arXiv 2509.22115), reconstructed from
-../shared/specs/algorithms.md section 3 (no code was found; [I] points are options here).
+docs/algorithms.md, "D3S" (no code was found; [I] marks a reconstructed choice, each an option here).
 
 Sample level: advantages are computed on the full groups first (never renormalised afterwards);
 then a subset S of N samples maximising the population variance of A is kept. The optimum is the

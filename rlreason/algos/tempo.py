@@ -1,7 +1,7 @@
 """TEMPO / Prefix-to-Tree: GRPO plus branch-gated TD over the prefix tree of each group's responses.
 
 Tran, Yao, Yu, arXiv 2509.18314. No official code exists and the method section could not be read,
-so this is the reconstruction in ../shared/specs/algorithms.md section 1 (points marked [I] there
+so this is the reconstruction in docs/algorithms.md, "TEMPO" (points marked [I] there
 are options here):
 
 1. Per group, a trie over the exact response token ids (padding never enters). The root is the

@@ -1,7 +1,7 @@
 """THR (reconstructed): Token Hidden Reward reweighting of GRPO advantages.
 
 Deng et al., arXiv 2510.03669; no code was found and the THR method text could not be read. This
-follows ../shared/specs/algorithms.md section 2: NTHR's exact score (arXiv 2505.18830) generalised
+follows docs/algorithms.md, "THR": NTHR's exact score (arXiv 2505.18830) generalised
 to all tokens. Name in results: "THR (reconstructed)".
 
 Per completion token, from the old policy (no gradient): h = final-layer hidden state, q = the

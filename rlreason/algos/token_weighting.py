@@ -1,5 +1,5 @@
 """TW-GRPO token weights (Dang et al., arXiv 2505.24718), after the official code's
-`compute_token_importance_kl_logs_uniform` (../shared/specs/algorithms.md section 4).
+`compute_token_importance_kl_logs_uniform` (docs/algorithms.md, "TW-GRPO").
 
 For one group and position t, with l_{g,t} the full-vocabulary log-probabilities of response g
 (positions past a response's end take the uniform value -log V):

