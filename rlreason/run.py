@@ -136,6 +136,11 @@ def compose(overrides: list[str]):
             )
         if key == "hydra" or key.startswith("hydra."):
             raise UserError(f"'{ov}': hydra.* settings are not supported by rlreason/run.py.")
+    # keys inside a free-form dict field (learner.deepspeed_config.zero_optimization.stage=2) are new to
+    # the struct config: Hydra needs '++' (add or override) for them, which users should not have to know
+    free = _free_form_paths()
+    overrides = [f"++{ov}" if not ov.startswith("+") and any(ov.split("=", 1)[0].startswith(p + ".") for p in free) else ov
+                 for ov in overrides]
     ConfigStore.instance().store(name="rlreason_schema", node=Config)
     GlobalHydra.instance().clear()
     try:
@@ -154,6 +159,26 @@ def compose(overrides: list[str]):
     except OmegaConfBaseException as e:
         raise UserError(_explain(e)) from None
     return obj, {g: choices.get(g) for g in GROUPS}
+
+
+def _free_form_paths() -> list[str]:
+    """Schema paths of dict-valued fields whose keys are the user's (e.g. learner.deepspeed_config)."""
+    import dataclasses
+
+    from rlreason.config import Config
+
+    out = []
+
+    def walk(cls, prefix):
+        for f in dataclasses.fields(cls):
+            value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if dataclasses.is_dataclass(value):
+                walk(type(value), prefix + f.name + ".")
+            elif isinstance(value, dict):
+                out.append(prefix + f.name)
+
+    walk(Config, "")
+    return out
 
 
 def _explain(e: BaseException) -> str:

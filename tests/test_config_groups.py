@@ -115,3 +115,11 @@ def test_the_saved_config_reads_back_to_the_same_config(tmp_path):
     (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     back = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(tmp_path / "config.yaml")))
     assert back == cfg and type(back.reward.verifiers[1]).__name__ == "VerifierEntry" and back.task.levels == [2, 3, 4]
+
+
+def test_keys_inside_a_free_form_dict_are_set_like_any_other_key():
+    """learner.deepspeed_config is merged into DeepSpeed's config: its keys are the user's to name."""
+    cfg, _ = compose(["learner.deepspeed_config.zero_optimization.offload_optimizer.device=cpu",
+                      "learner.deepspeed_config.gradient_accumulation_steps=2"])
+    assert cfg.learner.deepspeed_config == {"zero_optimization": {"offload_optimizer": {"device": "cpu"}},
+                                            "gradient_accumulation_steps": 2}
