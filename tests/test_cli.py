@@ -98,7 +98,8 @@ def test_hanging_and_raising_verifier_are_contained(tmp_path):
     run_dir = tmp_path / "flaky"
     proc = run_cli(
         ["recipe=grpo", "scale=smoke", f"run_dir={run_dir}", "reward.verifier=tests.verifiers_fixture:flaky",
-         "reward.timeout_s=1", "reward.num_workers=2", "eval_every=0", "task.num_eval=4", "telemetry.tensorboard=false"]
+         "reward.timeout_s=1", "reward.num_workers=2", "eval_every=0", "task.num_eval=4", "eval_sampled=false",
+         "telemetry.tensorboard=false"]
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     steps = [m for m in read_metrics(run_dir) if "reward/mean" in m]

@@ -80,8 +80,9 @@ def aggregate_weights(mask: torch.Tensor, mode: str, norm_len: int | None = None
 
 
 def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str, norm_len: int | None = None) -> torch.Tensor:
-    """The aggregate of a per-token quantity `values` [B, T] under `mask` in mode `mode`."""
-    return (aggregate_weights(mask, mode, norm_len).to(values.dtype) * values).sum()
+    """The aggregate of a per-token quantity `values` [B, T] under `mask` in mode `mode` (for metrics; the loss
+    uses `aggregate_weights`). Summed in float64, so a mean of equal values is that value exactly."""
+    return (LOSS_AGGREGATIONS.get(mode)(mask.double(), norm_len) * values.double()).sum().to(values.dtype)
 
 
 def gspo_loss(
