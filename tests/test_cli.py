@@ -71,29 +71,6 @@ def test_existing_run_dir_is_not_overwritten(tmp_path):
 
 
 @pytest.mark.integration
-def test_smoke_run_end_to_end(tmp_path):
-    run_dir = tmp_path / "smoke"
-    proc = run_cli(["recipe=grpo", "scale=smoke", f"run_dir={run_dir}"])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"run_dir: {run_dir}" in proc.stdout
-    metrics = read_metrics(run_dir)
-    steps = [m for m in metrics if "reward/mean" in m]
-    assert [m["step"] for m in steps] == [1, 2]
-    for m in steps:
-        missing = REQUIRED_KEYS - set(m)
-        assert not missing, missing
-        assert m["verifier/timeout_rate"] == 0.0 and m["verifier/error_rate"] == 0.0
-    assert "accuracy/eval" in metrics[0] and metrics[0]["step"] == 0
-    assert "accuracy/eval" in steps[-1] and steps[-1]["timing/eval_s"] > 0
-    for record in (metrics[0], steps[-1]):  # sampled pass@1 and pass@k (k = group size) beside greedy
-        assert record["eval/k"] == 4
-        assert 0 <= record["accuracy/eval_sampled"] <= record["accuracy/eval_pass_at_k"] <= 1
-    assert (run_dir / "checkpoints" / "step_000002" / "policy" / "config.json").exists()
-    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
-    assert "held-out eval accuracy" in proc.stdout
-
-
-@pytest.mark.integration
 def test_hanging_and_raising_verifier_are_contained(tmp_path):
     run_dir = tmp_path / "flaky"
     proc = run_cli(
@@ -181,6 +158,26 @@ def test_lora_with_one_step_off_policy_runs_end_to_end(tmp_path):
     assert (ckpt / "adapter" / "adapter_config.json").exists()
 
 
+def _check_smoke_run(proc, run_dir) -> None:
+    """What every smoke run (recipe=grpo scale=smoke) must leave behind."""
+    assert f"run_dir: {run_dir}" in proc.stdout
+    metrics = read_metrics(run_dir)
+    steps = [m for m in metrics if "reward/mean" in m]
+    assert [m["step"] for m in steps] == [1, 2]
+    for m in steps:
+        missing = REQUIRED_KEYS - set(m)
+        assert not missing, missing
+        assert m["verifier/timeout_rate"] == 0.0 and m["verifier/error_rate"] == 0.0
+    assert "accuracy/eval" in metrics[0] and metrics[0]["step"] == 0
+    assert "accuracy/eval" in steps[-1] and steps[-1]["timing/eval_s"] > 0
+    for record in (metrics[0], steps[-1]):  # sampled pass@1 and pass@k (k = group size) beside greedy
+        assert record["eval/k"] == 4
+        assert 0 <= record["accuracy/eval_sampled"] <= record["accuracy/eval_pass_at_k"] <= 1
+    assert (run_dir / "checkpoints" / "step_000002" / "policy" / "config.json").exists()
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert "held-out eval accuracy" in proc.stdout
+
+
 def _docs_block(marker: str) -> str:
     text = (ROOT / "docs" / "verifiers.md").read_text()
     after = text.split(f"<!-- verifier-example: {marker} -->", 1)[1]
@@ -188,18 +185,20 @@ def _docs_block(marker: str) -> str:
 
 
 @pytest.mark.integration
-def test_docs_verifier_example_runs_from_a_module_outside_the_package(tmp_path):
+def test_smoke_run_with_the_docs_verifier_example_from_a_module_outside_the_package(tmp_path):
     """docs/verifiers.md's `my_team/verifiers.py` and command, run from a directory outside the checkout:
-    a plain function, a class with args, an async and a batched verifier, weighted with `math`."""
+    a plain function, a class with args, an async and a batched verifier, weighted with `math`. It is also
+    the suite's plain smoke run: every required metric, evaluations, checkpoint, TensorBoard, console."""
     import shlex
 
     (tmp_path / "my_team").mkdir()
     (tmp_path / "my_team" / "verifiers.py").write_text(_docs_block("module"))
     command = shlex.split(_docs_block("command").strip())
-    assert command[:2] == ["python", "rlreason/run.py"]
+    assert command[:2] == ["python", "rlreason/run.py"] and "scale=smoke" in command
     run_dir = tmp_path / "run"
-    proc = run_cli([*command[2:], f"run_dir={run_dir}", "telemetry.tensorboard=false"], cwd=tmp_path)
+    proc = run_cli([*command[2:], f"run_dir={run_dir}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    _check_smoke_run(proc, run_dir)
     steps = [m for m in read_metrics(run_dir) if "reward/mean" in m]
     assert [m["step"] for m in steps] == [1, 2]
     names = ["math", "my_team.verifiers:brevity", "my_team.verifiers:ShowsWork", "my_team.verifiers:judge",

@@ -169,3 +169,17 @@ def test_arithmetic_levels_label_categories():
         assert p.prompt.count("+") + p.prompt.count("-") == int(p.category[5:]) - 1
     # without levels the default task is unchanged (same problems as before levels existed)
     assert make_splits(1234, 50, 5, 3, 9)[0][0].category == "terms3"
+
+
+def test_gsm8k_task_loads_from_a_local_folder_and_a_missing_one_is_a_config_error(tmp_path, capsys):
+    """What task=gsm8k adds to a run is its loader and its check; training is the same for every task."""
+    from rlreason.orchestrator.scorer import RewardPlan
+    from rlreason.orchestrator.task_data import load_task_data
+    from rlreason.run import compose, main
+
+    cfg, _ = compose(["task=gsm8k", f"task.path={gsm8k_dir()}", "task.num_train=8", "task.num_eval=4"])
+    data = load_task_data(cfg.task, RewardPlan.from_config(cfg.reward).validators(), tmp_path)
+    assert len(data.train) == 8 and len(data.evals) == 4 and not data.bad_rows
+    assert data.evals[0].answer == "33" and data.train[0].prompt.startswith("Question: ")
+    assert main(["task=gsm8k", f"task.path={tmp_path / 'nowhere'}", f"run_dir={tmp_path / 'x'}"]) == 2
+    assert "train.jsonl" in capsys.readouterr().err and not (tmp_path / "x").exists()
