@@ -13,7 +13,6 @@ import logging
 import time
 from pathlib import Path
 
-from rlreason import QUIET_ENV
 from rlreason.data.sampler import indices_digest
 from rlreason.orchestrator.batches import BatchBuilder, PromptFormat, StepBatch
 from rlreason.orchestrator.checkpoints import Checkpointer
@@ -55,10 +54,8 @@ class Trainer:
         learner_res = {"num_cpus": cfg.learner.cpus, "num_gpus": gpus(cfg.learner.gpus)}
         rollout_res = {"num_cpus": cfg.rollout.cpus, "num_gpus": gpus(cfg.rollout.gpus)}
         place = placement(cfg.ray.placement, [learner_res] * L + [rollout_res] * R)
-        # the actors' environment, whether this driver started the cluster or joined one (ray job submit)
-        env = {"runtime_env": {"env_vars": dict(QUIET_ENV)}}
-        self.learners = LearnerGroup(cfg, self.policy.path, threads_per_actor(cfg.learner.threads, L, overlap), learner_res, env,
-                                     place, self.checkpoints.latest)
+        self.learners = LearnerGroup(cfg, self.policy.path, threads_per_actor(cfg.learner.threads, L, overlap), learner_res, place,
+                                     self.checkpoints.latest)
         self.learners.call("pid")  # every rank has loaded the policy
         self.fleet = RolloutFleet(cfg, self.policy.path, self.learners, threads_per_actor(cfg.rollout.threads, R, overlap),
                                   rollout_res, lambda k: place(L + k), tokenizer.pad_token_id, self.run_dir)

@@ -39,7 +39,7 @@ class RolloutFleet:
         self.pad_id = pad_id
         self.weights_format = ENGINES.get(r.engine).weights_format
         self.sync_dir = str((Path(run_dir) / "weights_sync").resolve())  # HF_FOLDER engines reload from here
-        env = {"runtime_env": {"env_vars": dict(QUIET_ENV)}}
+        env = {"runtime_env": {"env_vars": dict(QUIET_ENV)}}  # as the learners' (learners.py)
         # a worker that dies is restarted by Ray (its __init__ runs again, with the initial weights);
         # `generate` notices, gives it the current weights and retries
         self.workers = [

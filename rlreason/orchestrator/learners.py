@@ -11,6 +11,7 @@ from typing import Callable
 
 import ray
 
+from rlreason import QUIET_ENV
 from rlreason.learner.learner import Learner
 
 
@@ -19,13 +20,14 @@ class LearnerDied(RuntimeError):
 
 
 class LearnerGroup:
-    def __init__(self, cfg, policy_path, threads: int, resources: dict, env: dict, place: Callable,
-                 last_checkpoint: Callable[[], object]):
+    def __init__(self, cfg, policy_path, threads: int, resources: dict, place: Callable, last_checkpoint: Callable[[], object]):
         """`place(k)`: Ray options for rank k; `last_checkpoint()`: the newest complete checkpoint, for
         the message when a rank dies."""
         self.run_dir = cfg.run_dir
         self.last_checkpoint = last_checkpoint
         learner_cfg = dataclasses.replace(cfg.learner, threads=threads)
+        # the actors' environment, whether this driver started the cluster or joined one (ray job submit)
+        env = {"runtime_env": {"env_vars": dict(QUIET_ENV)}}
         self.actors = [
             ray.remote(Learner).options(**resources, **env, **place(k), max_restarts=0).remote(
                 str(policy_path), learner_cfg, cfg.algo, cfg.rollout.temperature, cfg.rollout.max_new_tokens, cfg.seed,
