@@ -101,21 +101,43 @@ def _builder(tiny_policy, overrides):
     return BatchBuilder(cfg, train, fleet, scorer, PromptFormat(None, False, False)), scorer
 
 
-def test_batch_builder_keeps_only_groups_inside_the_band_and_renumbers_them(tiny_policy):
-    args = ["recipe=dapo", "reward.verifier=tests.verifiers_fixture:even_length", "algo.overlong_shaping=false"]
+@pytest.mark.parametrize("method,group,low,high", [("dapo", 4, 0.0, 1.0), ("balanced", 8, 0.25, 0.75)])
+def test_batch_builder_keeps_only_groups_inside_the_band_and_renumbers_them(tiny_policy, method, group, low, high):
+    """DAPO's exclusive band (0, 1) and balanced filtering's inclusive [0.25, 0.75] (at G = 8, pass rates 1/8
+    and 7/8 separate the two)."""
+    args = [f"recipe={method}", "reward.verifier=tests.verifiers_fixture:even_length", "algo.overlong_shaping=false",
+            f"rollout.group_size={group}"]
     builder, scorer = _builder(tiny_policy, args)
     sb = builder.next(1)
     scorer.close()
     groups = sb.batch.group_index
     assert groups.tolist() == sorted(groups.tolist()) and set(groups.tolist()) == set(range(len(sb.indices)))
-    for g in range(len(sb.indices)):  # every kept group mixes right and wrong (DAPO's exclusive band)
+    for g in range(len(sb.indices)):
         c = sb.batch.correct[groups == g]
-        assert 0 < float(c.mean()) < 1 and len(c) == 4
+        rate = float(c.mean())
+        assert len(c) == group and (low < rate < high if method == "dapo" else low <= rate <= high), rate
     rounds = sb.metrics["curriculum/filter_rounds"]
     assert 1 <= rounds <= 4 and (len(sb.indices) == 4 or sb.metrics["curriculum/short_batch"] == 1.0)
     # every round's tokens count, kept or not
     assert builder.rollout_tokens >= int(sb.batch.response_mask.sum())
     assert builder.state()["rollout_tokens"] == builder.rollout_tokens
+
+
+def test_batch_builder_under_a_length_budget_caps_generation_and_shapes_the_reward(tiny_policy):
+    """Train Long, Think Short: budget 8 at step 1, generation capped at 2 x 8 tokens, and every reward is
+    0.6 correct + 0.3 triangular length reward + 0.1 format (0 or 0.1), not the plain accuracy."""
+    from curricula.length_budget import triangular_length_reward
+
+    builder, scorer = _builder(tiny_policy, ["recipe=tlts", "curriculum.length.start=8", "curriculum.length.final=4"])
+    sb = builder.next(1)
+    scorer.close()
+    assert sb.metrics["curriculum/budget"] == 8
+    lengths = sb.batch.response_mask.sum(-1)
+    assert int(lengths.max()) <= 16
+    tri = torch.tensor([triangular_length_reward(int(n), 8) for n in lengths])
+    rest = sb.batch.rewards - 0.6 * sb.batch.correct - 0.3 * tri
+    assert all(abs(x) < 1e-6 or abs(x - 0.1) < 1e-6 for x in rest.tolist()), rest
+    assert (0.3 * tri).abs().sum() > 0  # the length term is there
 
 
 def test_batch_builder_is_deterministic_for_a_seed_and_resumes_from_its_state(tiny_policy):

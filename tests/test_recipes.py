@@ -10,15 +10,14 @@ from conftest import ROOT, read_metrics, run_cli
 pytestmark = pytest.mark.integration
 
 RECIPES = sorted(p.stem for p in (ROOT / "recipes" / "recipe").glob("*.yaml"))
-# Options the trainer itself acts on: refill and filtering (dapo; balanced is the same mechanism with an
-# inclusive band, run by the batch builder's unit test and checked by test_config_groups), overlong shaping (dapo),
-# the TLTS length budget (tlts), the rollout engine's recorded routes (R3: in the composed run below,
-# algo=tempo curriculum=knapsack moe=r3; recipe=moe_r3 is exactly algo=grpo moe=r3, test_config_groups.py). Run end to end elsewhere,
-# so not again here (each run costs 25-45 s of CI): grpo (test_cli's smoke run and the user-estimator run
-# below), knapsack and sec (test_curriculum_runs runs each twice, checking resume exactly). The other
-# recipes change only what the learner computes (estimator, loss, replay of its own routes), which
+# End to end here (each run costs 25-45 s of CI): dapo (refill, filtering and overlong shaping in the
+# trainer's loop, and the sweep the report reads), the composed algo=tempo curriculum=knapsack moe=r3 (R3's
+# recorded routes; recipe=moe_r3 is exactly algo=grpo moe=r3, test_config_groups.py) and a user estimator.
+# Elsewhere: grpo (test_cli's smoke run), knapsack and sec (test_curriculum_runs: resume), the length budget
+# and balanced filtering (the batch builder's unit tests in test_orchestrator.py). The other recipes change
+# only what the learner computes (estimator, loss, replay of its own routes), which
 # `test_every_recipe_composes_and_trains_a_learner_step` runs on a real rollout batch.
-END_TO_END = ["dapo", "tlts"]
+END_TO_END = ["dapo"]
 COMPOSED = ["algo=tempo", "curriculum=knapsack", "moe=r3"]
 
 
