@@ -57,11 +57,10 @@ class Registry:
 
         return deco
 
-    def register_path(self, name: str, path: str, builtin: bool = True) -> None:
-        """Register `name` as the import path `module:attr`, imported when first asked for."""
+    def register_path(self, name: str, path: str) -> None:
+        """Register a built-in `name` as the import path `module:attr`, imported when first asked for."""
         self._entries[name] = path
-        if builtin:
-            self._builtin.add(name)
+        self._builtin.add(name)
 
     def unregister(self, name: str) -> None:
         """Forget `name` (tests that register throw-away plug-ins clean up with this)."""

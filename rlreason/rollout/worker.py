@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 
-import torch
-
 from rlreason.batch import RolloutBatch
 from rlreason.rollout.engine import ENGINES
 from rlreason.rollout.routing import validate_routed_experts
@@ -69,8 +67,7 @@ class RolloutWorker:
                 batch.routed_experts = batch.prompt_routed_experts = None
         return batch, texts
 
-    @torch.no_grad()
-    def score_logprobs(self, batch: RolloutBatch, temperature: float = 1.0) -> torch.Tensor:
+    def score_logprobs(self, batch: RolloutBatch, temperature: float = 1.0):
         """Teacher-forced logprobs of given responses under this worker's weights (for checks)."""
         return self.engine.score(batch, temperature)
 
