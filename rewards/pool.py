@@ -12,7 +12,8 @@ thread (so verifiers that rely on ``signal.alarm``, such as math-verify, work). 
 - memory: ``RLIMIT_AS`` (address space) of ``memory_limit_mb`` on each worker; a call that runs out
   scores 0 with status ``error`` and its worker is replaced.
 
-A verifier that raises, returns garbage or kills its own process scores 0 with status ``error``.
+A verifier that raises, returns garbage (a non-number, NaN or inf) or kills its own process scores 0
+with status ``error``.
 Nothing a verifier does can stall or crash training.
 
 Batched verifiers get up to ``batch_size`` completions per call; async verifiers get a chunk of
@@ -27,6 +28,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import math
 import multiprocessing as mp
 import resource
 import signal
@@ -80,8 +82,8 @@ def _item(result) -> tuple:
     from rewards import to_score
 
     score, extras = to_score(result)
-    if score != score:  # NaN
-        raise ValueError("verifier returned NaN")
+    if not math.isfinite(score):  # NaN or inf would reach the advantages and the loss
+        raise ValueError(f"verifier returned a non-finite score ({score})")
     return ("ok", score, _clean_extras(extras), None)
 
 
@@ -133,11 +135,19 @@ def execute(loaded, items: list[tuple[str, dict]], timeout_s: float) -> list[tup
     return results
 
 
-def _worker_main(conn, sys_path: list[str], memory_limit_mb: int, cpu_limit_s: float) -> None:  # child process
-    sys.path[:] = sys_path
+def _worker_main(conn, sys_path: list[str], memory_limit_mb: int, cpu_limit_s: float, policy) -> None:  # child process
+    import os
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is for the trainer, which stops the pool itself
+    sys.path[:] = [os.path.abspath(p) if p else os.getcwd() for p in sys_path]  # the sandbox changes directory
     if memory_limit_mb > 0:
         limit = memory_limit_mb * 2**20
         resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    if policy is not None:
+        from rewards.sandbox import confine
+
+        for warning in confine(policy):
+            print(f"rlreason verifier sandbox: {warning}", file=sys.stderr, flush=True)
     signal.signal(signal.SIGXCPU, _on_sigxcpu)
     _, cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)
     from rewards import load
@@ -166,6 +176,8 @@ def _worker_main(conn, sys_path: list[str], memory_limit_mb: int, cpu_limit_s: f
         for unit in units:
             t0 = time.perf_counter()
             out, retire = _call(cache[key], unit, timeout_s, cpu_limit_s, cpu_hard)
+            if policy is not None:  # no call sees what another left (or finds its scratch full)
+                _empty(policy.scratch)
             try:
                 conn.send((task_id, k, out, time.perf_counter() - t0, retire))
             except MemoryError:
@@ -173,6 +185,18 @@ def _worker_main(conn, sys_path: list[str], memory_limit_mb: int, cpu_limit_s: f
             if retire:  # memory may be fragmented or a verifier's state half-built: start clean
                 return
             k += len(unit)
+
+
+def _empty(folder: str) -> None:
+    import os
+    import shutil
+
+    with os.scandir(folder) as entries:
+        for e in entries:
+            try:
+                shutil.rmtree(e.path) if e.is_dir(follow_symlinks=False) else os.unlink(e.path)
+            except OSError:
+                pass
 
 
 def _call(loaded, items, timeout_s, cpu_limit_s, cpu_hard) -> tuple[list, bool]:
@@ -194,10 +218,16 @@ def _call(loaded, items, timeout_s, cpu_limit_s, cpu_hard) -> tuple[list, bool]:
 
 
 class _Worker:
-    def __init__(self, ctx, memory_limit_mb: int, cpu_limit_s: float):
+    def __init__(self, ctx, memory_limit_mb: int, cpu_limit_s: float, sandbox=None):
         parent, child = ctx.Pipe(duplex=True)
         self.conn = parent
-        self.proc = ctx.Process(target=_worker_main, args=(child, list(sys.path), memory_limit_mb, cpu_limit_s), daemon=True)
+        self.policy = None
+        if sandbox is not None:  # the worker's own scratch directory (a private tmpfs is mounted on it)
+            import tempfile
+
+            self.policy = dataclasses.replace(sandbox, scratch=tempfile.mkdtemp(prefix="rlreason-verifier-"))
+        self.proc = ctx.Process(target=_worker_main, args=(child, list(sys.path), memory_limit_mb, cpu_limit_s, self.policy),
+                                daemon=True)
         self.proc.start()
         child.close()
         self.task = None  # _InFlight while a call is out
@@ -209,6 +239,20 @@ class _Worker:
             self.proc.join(timeout=5)
         finally:
             self.conn.close()
+            self.clean_up()
+
+    def clean_up(self) -> None:
+        """Kill whatever the worker started (every process of its sandbox uid) and remove its scratch."""
+        if self.policy is None:
+            return
+        import os
+        import shutil
+
+        from rewards.sandbox import kill_uid, privileged, sandbox_uid
+
+        if privileged() and sandbox_uid(self.proc.pid) != os.getuid():
+            kill_uid(sandbox_uid(self.proc.pid))
+        shutil.rmtree(self.policy.scratch, ignore_errors=True)
 
 
 @dataclass
@@ -261,7 +305,8 @@ class _Runner:
 
 class VerifierPool(_Runner):
     def __init__(self, num_workers: int = 2, timeout_s: float = 5.0, start_method: str = "spawn",
-                 memory_limit_mb: int = 4096, cpu_limit_s: float = 0.0, async_concurrency: int = 16):
+                 memory_limit_mb: int = 4096, cpu_limit_s: float = 0.0, async_concurrency: int = 16, sandbox=None):
+        """`sandbox`: a `rewards.sandbox.Policy` each worker confines itself with (None: limits only)."""
         super().__init__()
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
@@ -271,12 +316,17 @@ class VerifierPool(_Runner):
         self.memory_limit_mb = memory_limit_mb
         self.cpu_limit_s = cpu_limit_s if cpu_limit_s > 0 else timeout_s
         self.async_concurrency = async_concurrency
+        self.sandbox = sandbox
+        if sandbox is not None:
+            from rewards.sandbox import plan
+
+            log.info("verifier sandbox: %s", plan())
         self._ctx = mp.get_context(start_method)
         self._workers = [self._spawn() for _ in range(num_workers)]
         self.restarts = 0
 
     def _spawn(self) -> _Worker:
-        return _Worker(self._ctx, self.memory_limit_mb, self.cpu_limit_s)
+        return _Worker(self._ctx, self.memory_limit_mb, self.cpu_limit_s, self.sandbox)
 
     def score(self, jobs: list[Job]) -> list[list[CallResult]]:
         """Every job's results, in order; the calls of all jobs share the workers.
@@ -378,6 +428,7 @@ class VerifierPool(_Runner):
             if w.proc.is_alive():
                 w.proc.kill()
             w.conn.close()
+            w.clean_up()
         self._workers = []
 
     def __enter__(self):

@@ -94,3 +94,52 @@ def chaos(completion: str, sample: dict) -> float:
 def even_length(completion: str, sample: dict) -> float:
     """1 for an even number of characters: a random policy's groups then mix 0s and 1s."""
     return float(len(completion) % 2 == 0)
+
+
+def infinite(completion: str, sample: dict) -> float:
+    return float("inf")
+
+
+# -- attacks on the sandbox: each returns 1.0 only if the attack got through ---------------------------
+def write_file(completion: str, sample: dict) -> float:
+    with open(sample["path"], "w") as f:
+        f.write("written by a verifier")
+    return 1.0
+
+
+def write_scratch(completion: str, sample: dict) -> float:
+    """The one place a sandboxed verifier may write: its scratch ($TMPDIR, also its working directory)."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(dir=os.environ.get("TMPDIR")) as f:
+        f.write(b"scratch")
+    with open("here.txt", "w") as f:
+        f.write("scratch")
+    return 1.0
+
+
+def read_file(completion: str, sample: dict) -> float:
+    with open(sample["path"], "rb") as f:
+        return 1.0 if f.read() else 0.0
+
+
+def connect(completion: str, sample: dict) -> float:
+    import socket
+
+    socket.create_connection(("127.0.0.1", sample["port"]), timeout=2).close()
+    return 1.0
+
+
+def fork_bomb(completion: str, sample: dict) -> float:
+    while True:
+        try:
+            os.fork()
+        except OSError:
+            pass
+
+
+def big_file(completion: str, sample: dict) -> float:
+    with open(os.path.join(os.environ.get("TMPDIR", "."), "big.bin"), "wb") as f:
+        for _ in range(sample.get("mb", 256)):
+            f.write(b"x" * 2**20)
+    return 1.0

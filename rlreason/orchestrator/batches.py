@@ -98,7 +98,7 @@ class BatchBuilder:
             self.rollout_tokens += int(batch.response_mask.sum())  # every round counts, kept or dropped
             t0 = time.perf_counter()
             samples = [self.train[i].as_sample() for i, c in zip(indices, counts) for _ in range(c)]
-            round_metrics = self.scorer.score(batch, texts, samples, shape)
+            round_metrics = self.scorer.score(batch, texts, samples, shape, where=f"step {step}")
             t_reward += time.perf_counter() - t0
             if rounds == 1:
                 reward_metrics = round_metrics

@@ -46,12 +46,12 @@ class Evaluator:
                 return hit
 
         batch, texts = self.fleet.generate(prompts, seed=GREEDY_SEED, greedy=True, max_new_tokens=max_new)
-        greedy = self.scorer.accuracy(texts, samples)
+        greedy = self.scorer.accuracy(texts, samples, where=f"eval at step {step}")
         metrics = {"eval/response_length": float(batch.response_mask.sum(-1).float().mean())}
         sampled = None
         if cfg.eval_sampled:
             batch, texts = self.fleet.generate(prompts, seed=SAMPLED_SEED, n=k, max_new_tokens=max_new)
-            flat = self.scorer.accuracy(texts, [s for s in samples for _ in range(k)])
+            flat = self.scorer.accuracy(texts, [s for s in samples for _ in range(k)], where=f"sampled eval at step {step}")
             sampled = [flat[i * k:(i + 1) * k] for i in range(len(prompts))]
             metrics["eval/sampled_response_length"] = float(batch.response_mask.sum(-1).float().mean())
         metrics.update(eval_metrics([p.category for p in self.problems], greedy, sampled))

@@ -7,18 +7,24 @@ are added to it. DAPO's overlong penalty is added when `algo.overlong_shaping` i
 
 from __future__ import annotations
 
+import logging
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 from rewards import load
 from rewards.pool import InlineRunner, Job, VerifierPool
+from rewards.sandbox import Policy
 from rlreason.algos.filtering import group_pass_rates
 from rlreason.algos.shaping import overlong_penalty
 from rlreason.batch import RolloutBatch
 from rlreason.config import VerifierEntry
+from rlreason.orchestrator.verifier_health import VerifierHealth
 from rlreason.telemetry.memory import process_peak_rss_mb
+
+log = logging.getLogger(__name__)
 
 
 class RewardPlan:
@@ -52,27 +58,37 @@ class RewardPlan:
 class Scorer:
     """The verifier pool (sandboxed processes, or inline for trusted verifiers) and the reward plan."""
 
-    def __init__(self, reward_cfg, algo_cfg, max_new_tokens: int, bad_rows: int = 0):
+    def __init__(self, reward_cfg, algo_cfg, max_new_tokens: int, bad_rows: int = 0, run_dir: Path | None = None):
         r = reward_cfg
+        self.health = VerifierHealth(run_dir)
         self.plan = RewardPlan.from_config(r)
         self.algo = algo_cfg
         self.max_new_tokens = max_new_tokens
         self.bad_rows = bad_rows  # logged with every step (task.bad_rows=skip)
         if r.isolation == "inline":
+            log.warning("reward.isolation=inline: verifiers run inside the trainer with no limits and no isolation "
+                        "(for trusted verifiers only)")
             self.pool = InlineRunner(r.timeout_s, r.async_concurrency)
         else:
+            sandbox = None
+            if r.isolation == "sandbox":  # the run directory (checkpoints, metrics) is hidden from verifiers
+                sandbox = Policy(scratch_mb=r.scratch_mb, max_processes=r.max_processes,
+                                 hidden=[str(Path(run_dir).resolve())] if run_dir is not None else [])
             self.pool = VerifierPool(r.num_workers, r.timeout_s, memory_limit_mb=r.memory_limit_mb, cpu_limit_s=r.cpu_limit_s,
-                                     async_concurrency=r.async_concurrency)
+                                     async_concurrency=r.async_concurrency, sandbox=sandbox)
 
-    def score(self, batch: RolloutBatch, texts: list[str], samples: list[dict], shape: Callable | None = None) -> dict:
+    def score(self, batch: RolloutBatch, texts: list[str], samples: list[dict], shape: Callable | None = None,
+              where: str = "") -> dict:
         """Set `batch.rewards` and `batch.correct` (the accuracy verifier's score); return the metrics.
-        `shape(correct, format_score, lengths)`: a curriculum's reward in place of accuracy and format."""
+        `shape(correct, format_score, lengths)`: a curriculum's reward in place of accuracy and format.
+        `where` (e.g. "step 12") labels verifier failures in the log and verifier_errors.jsonl."""
         plan = self.plan
         entries = plan.entries + ([plan.format_entry] if shape and plan.format_entry not in plan.entries else [])
         jobs = [Job(e.name, texts, samples, dict(e.args), e.timeout_s) for e in entries]
         t0 = time.perf_counter()
         results = dict(zip((e.name for e in entries), self.pool.score(jobs)))
         t_verify = time.perf_counter() - t0
+        self.health.record(where, results, samples)
         scores = {name: torch.tensor([x.score for x in res], dtype=torch.float32) for name, res in results.items()}
         n = len(texts)
         correct = scores[plan.accuracy.name]
@@ -98,10 +114,12 @@ class Scorer:
             "data/bad_rows": self.bad_rows,
         }
 
-    def accuracy(self, texts: list[str], samples: list[dict]) -> list[float]:
+    def accuracy(self, texts: list[str], samples: list[dict], where: str = "eval") -> list[float]:
         """The accuracy verifier's score of each text (evaluation)."""
         acc = self.plan.accuracy
-        return [r.score for r in self.pool.score([Job(acc.name, texts, samples, dict(acc.args), acc.timeout_s)])[0]]
+        results = self.pool.score([Job(acc.name, texts, samples, dict(acc.args), acc.timeout_s)])[0]
+        self.health.record(where, {acc.name: results}, samples)
+        return [r.score for r in results]
 
     def peak_memory(self) -> dict:
         peaks = [m for m in map(process_peak_rss_mb, getattr(self.pool, "pids", list)()) if m is not None]

@@ -91,6 +91,10 @@ class ConsoleSink:
             f"{m.get('timing/step_s', 0):.2f}s/step",
             f"ETA {int(eta) // 60}:{int(eta) % 60:02d}",
         ]
+        # a verifier failing quietly scores 0 and looks like a hard task: show it whenever it happens
+        for key, name in (("verifier/error_rate", "verifier errors"), ("verifier/timeout_rate", "verifier timeouts")):
+            if m.get(key):
+                parts.append(f"[red]{name} {m[key]:.0%}[/]")
         self.console.print(" | ".join(parts), soft_wrap=True)
 
     def close(self) -> None:
