@@ -181,6 +181,43 @@ def _free_form_paths() -> list[str]:
     return out
 
 
+def _list_item_owner(cls) -> str | None:
+    """The schema path of the list field whose entries are `cls` dataclasses (e.g. reward.verifiers)."""
+    import dataclasses
+    import typing
+
+    from rlreason.config import Config
+
+    if cls is None or not dataclasses.is_dataclass(cls):
+        return None
+
+    def walk(node, prefix):
+        hints = typing.get_type_hints(node)
+        for f in dataclasses.fields(node):
+            hint = hints[f.name]
+            if typing.get_origin(hint) is list and typing.get_args(hint) == (cls,):
+                return prefix + f.name
+            if dataclasses.is_dataclass(hint):
+                found = walk(hint, prefix + f.name + ".")
+                if found:
+                    return found
+        return None
+
+    return walk(Config, "")
+
+
+def _unknown_entry_key_message(owner: str, cls, bad: str) -> str:
+    import dataclasses
+    import difflib
+
+    valid = [f.name for f in dataclasses.fields(cls)]
+    hint = difflib.get_close_matches(bad, valid, n=1)
+    msg = f"unknown key '{bad}' in an entry of {owner}."
+    if hint:
+        msg += f" Did you mean '{hint[0]}'?"
+    return msg + f" An entry's keys: {', '.join(valid)}."
+
+
 def _explain(e: BaseException) -> str:
     import re
 
@@ -192,6 +229,9 @@ def _explain(e: BaseException) -> str:
         e = e.__cause__ or e.__context__
     for err in chain:
         if isinstance(err, ConfigKeyError) and getattr(err, "full_key", None):
+            owner = _list_item_owner(getattr(err, "object_type", None))
+            if owner:  # a key inside an entry of a list of sections (reward.verifiers=[{...}])
+                return _unknown_entry_key_message(owner, err.object_type, str(err.key))
             return _unknown_key_message(err.full_key)
         if isinstance(err, ValidationError) and getattr(err, "full_key", None):
             return f"bad value for '{err.full_key}': {err.msg.splitlines()[0]}"
@@ -395,43 +435,107 @@ def main(argv: list[str]) -> int:
         return 0
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from rlreason.run_dir import ResumeError, record_resume, resumed_config, write_start
+
+    changed = None
     try:
         cfg, choices = compose(argv)
         if cfg.resume and not cfg.run_dir:
             raise UserError("resume=true needs run_dir=<the run's directory> to find its checkpoints.")
-        if cfg.run_dir and not cfg.resume and (Path(cfg.run_dir) / "metrics.jsonl").exists():
+        if cfg.resume:
+            cfg, changed, choices = resumed_config(Path(cfg.run_dir), argv, GROUPS)
+        elif cfg.run_dir and (Path(cfg.run_dir) / "metrics.jsonl").exists():
             raise UserError(
                 f"run_dir={cfg.run_dir} already holds a run (metrics.jsonl); pass resume=true to continue it, "
                 f"or choose another run_dir."
             )
-    except UserError as e:
+    except (UserError, ResumeError) as e:
         print(f"rlreason: config error: {e}", file=sys.stderr)
         return 2
     run_dir = Path(cfg.run_dir) if cfg.run_dir else default_run_dir(argv, choices, cfg.seed)
     cfg.run_dir = str(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if changed is None:
+            write_start(run_dir, cfg, choices, argv)
+        else:
+            record_resume(run_dir, argv, changed)
+    except OSError as e:
+        print(f"rlreason: cannot write the run directory {run_dir}: {disk_message(e)}", file=sys.stderr)
+        return 2
+    print(plan_line(cfg, choices, argv, changed), flush=True)
     print(f"run_dir: {run_dir.resolve()}", flush=True)
-    from omegaconf import OmegaConf
+    return train(cfg, run_dir)
 
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    (run_dir / "choices.yaml").write_text(OmegaConf.to_yaml(choices))
-    given = [ov for ov in argv if ov.split("=", 1)[0] not in ("run_dir", "resume")]
-    (run_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(given))  # what the user asked for (labels in reports)
+
+def plan_line(cfg, choices: dict, argv: list[str], changed: dict | None) -> str:
+    """What the run will do, in one line (a run with no arguments says that it runs the defaults)."""
+    method = " ".join(f"{g}={choices[g]}" for g in GROUPS if choices.get(g))
+    r = cfg.rollout
+    line = (f"rlreason: {'resuming' if changed is not None else 'training'} {method}: {cfg.total_steps} steps of "
+            f"{r.prompts_per_step} prompts x {r.group_size} responses, eval every {cfg.eval_every or 'end'}")
+    if changed:
+        line += "; changed on resume: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
+    if not argv:
+        line += " (no arguments: the defaults; python rlreason/run.py --help lists the choices)"
+    return line
+
+
+def resume_command(run_dir: Path) -> str:
+    return f"python rlreason/run.py run_dir='{run_dir}' resume=true"
+
+
+def disk_message(e: BaseException) -> str:
+    """An OSError (or a Ray task's, wrapped) as 'PATH: what went wrong'."""
+    import errno
+
+    cause = getattr(e, "cause", None) or e
+    why = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded", errno.EROFS: "the file system is read-only",
+           errno.EACCES: "permission denied"}.get(getattr(cause, "errno", None))
+    text = f"{getattr(cause, 'filename', None) or ''}: {getattr(cause, 'strerror', None) or cause}".lstrip(": ")
+    return f"{text} ({why})" if why else text
+
+
+def train(cfg, run_dir: Path) -> int:
+    """Load the task, make the policy, start Ray and the actors, and train; every way it can end is one line."""
+    import signal
 
     import ray
 
     from rlreason.data.tasks import DataError
-    from rlreason.trainer import LearnerDied, Trainer
+    from rlreason.trainer import LearnerDied, StoppedEarly, Trainer
 
     try:
         trainer = Trainer.from_config(cfg, run_dir)  # the task and the initial policy, before Ray starts
     except DataError as e:
         print(f"rlreason: data error: {e}", file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt:
+        print("rlreason: stopped by Ctrl-C before training started; nothing to resume.", file=sys.stderr, flush=True)
+        return 130
+
+    def on_interrupt(signum, frame):  # the first Ctrl-C: finish the step, checkpoint, stop; the second: stop now
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        trainer.request_stop()
+        print(f"\nrlreason: Ctrl-C: stopping after step {trainer.steps_done + 1} with a checkpoint; Ctrl-C again to stop "
+              f"at once", file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
     init_ray(cfg)
     try:
         trainer.start()
         summary = trainer.fit()
+    except StoppedEarly as e:
+        print(f"rlreason: stopped by Ctrl-C after step {e.step} (checkpoint {e.checkpoint}). Resume with: "
+              f"{resume_command(run_dir)}", file=sys.stderr, flush=True)
+        return 130
+    except KeyboardInterrupt:
+        last = trainer.checkpoints.latest()
+        where = (f"the last checkpoint is {last}. Resume with: {resume_command(run_dir)}" if last else
+                 "no checkpoint was written yet, so there is nothing to resume")
+        print(f"\nrlreason: stopped at once by a second Ctrl-C during step {trainer.steps_done}; {where}", file=sys.stderr,
+              flush=True)
+        return 130
     except FloatingPointError as e:  # the learner's non-finite guard (a RayTaskError subclasses it)
         cause = getattr(e, "cause", e)
         print(f"rlreason: training stopped at step {trainer.steps_done}: {cause}", file=sys.stderr, flush=True)
@@ -439,8 +543,18 @@ def main(argv: list[str]) -> int:
     except LearnerDied as e:
         print(f"rlreason: training stopped at step {trainer.steps_done}: {e}", file=sys.stderr, flush=True)
         return 1
+    except OSError as e:  # a full or read-only disk (from the driver, or a learner's checkpoint write)
+        last = trainer.checkpoints.latest()
+        print(f"rlreason: training stopped at step {trainer.steps_done}: cannot write {disk_message(e)}. "
+              + (f"Free space, then resume with: {resume_command(run_dir)}" if last else "No checkpoint was written."),
+              file=sys.stderr, flush=True)
+        return 1
     finally:
-        trainer.close()
+        signal.signal(signal.SIGINT, previous)
+        try:
+            trainer.close()
+        except OSError as e:
+            print(f"rlreason: closing the run's files: {disk_message(e)}", file=sys.stderr, flush=True)
         ray.shutdown()
     before, after = summary["eval_before_rl"] or {}, summary["eval_after_rl"]
     fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
@@ -451,7 +565,6 @@ def main(argv: list[str]) -> int:
             lines.append(f"{name}: {fmt(before.get(key))} -> {fmt(after[key])}")
     print(f"done: {summary['steps']} steps. " + "; ".join(lines) + f". metrics: {run_dir / 'metrics.jsonl'}", flush=True)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -30,11 +30,23 @@ from rlreason.telemetry.sinks import run_telemetry
 log = logging.getLogger(__name__)
 
 
+class StoppedEarly(Exception):
+    """`fit` stopped at the user's request (`request_stop`, Ctrl-C) after a whole step and its checkpoint."""
+
+    def __init__(self, step: int, checkpoint: Path):
+        super().__init__(f"stopped after step {step}; checkpoint {checkpoint}")
+        self.step, self.checkpoint = step, checkpoint
+
+
 class Trainer:
     def __init__(self, cfg, run_dir: Path, data: TaskData, policy: InitialPolicy):
         self.cfg, self.run_dir, self.data, self.policy = cfg, Path(run_dir), data, policy
         self.checkpoints = Checkpointer(self.run_dir, cfg.keep_checkpoints)
         self.start_step = self.steps_done = 0
+        self.stop_requested = False  # set by `request_stop` (a signal handler): finish this step, checkpoint, stop
+
+    def request_stop(self) -> None:
+        self.stop_requested = True
 
     @classmethod
     def from_config(cls, cfg, run_dir: Path) -> "Trainer":
@@ -59,7 +71,7 @@ class Trainer:
         self.learners.call("pid")  # every rank has loaded the policy
         self.fleet = RolloutFleet(cfg, self.policy.path, self.learners, threads_per_actor(cfg.rollout.threads, R, overlap),
                                   rollout_res, lambda k: place(L + k), tokenizer.pad_token_id, self.run_dir)
-        self.scorer = Scorer(cfg.reward, cfg.algo, cfg.rollout.max_new_tokens, len(self.data.bad_rows))
+        self.scorer = Scorer(cfg.reward, cfg.algo, cfg.rollout.max_new_tokens, len(self.data.bad_rows), self.run_dir)
         prompt = PromptFormat(tokenizer, cfg.model.chat_template, cfg.curriculum.length.in_prompt)
         self.batches = BatchBuilder(cfg, self.data.train, self.fleet, self.scorer, prompt)
         self.evaluate = Evaluator(cfg, self.data.evals, self.fleet, self.scorer, prompt, self.batches.curriculum, self.policy.path)
@@ -100,8 +112,10 @@ class Trainer:
                 eval_after = self.evaluate(step)
                 metrics.update({**eval_after, "timing/eval_s": time.perf_counter() - t0})
             self.telemetry.log(metrics)
-            if last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
-                self.checkpoints.save(step, self.learners, self.data_state, self.policy.warmstart)
+            if last or self.stop_requested or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                saved = self.checkpoints.save(step, self.learners, self.data_state, self.policy.warmstart)
+                if self.stop_requested and not last:
+                    raise StoppedEarly(step, saved)
             if last:
                 if step < cfg.total_steps:
                     log.info("rollout_token_budget=%d reached at step %d (%d tokens): stopping", cfg.rollout_token_budget,

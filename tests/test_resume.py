@@ -1,6 +1,7 @@
 """Kill a run while it writes a checkpoint, resume it: step counter, data position and metrics continue
 exactly as in the uninterrupted run."""
 
+import json
 import os
 import signal
 import subprocess
@@ -59,3 +60,44 @@ def test_kill_during_a_checkpoint_write_then_resume_reproduces_the_uninterrupted
     for step in range(1, 7):
         assert got[step]["curriculum/batch_digest"] == indices_digest(sampler.next_batch()), step
         assert got[step]["curriculum/consumed"] == sampler.consumed
+
+
+def test_ctrl_c_stops_after_the_step_with_a_checkpoint_and_a_bare_resume_continues_the_same_run(tmp_path):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) finishes the step, checkpoints
+    and prints the resume command; that command alone (no recipe, no steps) continues the run with its
+    saved config: drgrpo for 5 steps, not the default grpo for 100, and config.yaml is left as written."""
+    run_dir = tmp_path / "run"
+    args = ["recipe=drgrpo", "scale=smoke", "total_steps=5", "checkpoint_every=0", "eval_every=0", "telemetry.tensorboard=false",
+            f"run_dir={run_dir}"]
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "rlreason" / "run.py"), *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 400
+    try:
+        while not any("reward/mean" in m for m in (read_metrics(run_dir) if (run_dir / "metrics.jsonl").exists() else [])):
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no training step in time"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert f"Resume with: python rlreason/run.py run_dir='{run_dir}' resume=true" in err
+    stopped = [m["step"] for m in read_metrics(run_dir) if "reward/mean" in m]
+    assert stopped and max(stopped) < 5 and (run_dir / "checkpoints" / f"step_{max(stopped):06d}" / "trainer.json").exists()
+    config_before = (run_dir / "config.yaml").read_text()
+
+    refused = run_cli([f"run_dir={run_dir}", "resume=true", "algo.kl_coef=0.5"])
+    assert refused.returncode == 2 and "algo.kl_coef=0.5 (the run used 0.0)" in refused.stderr, refused.stderr[-2000:]
+
+    resumed = run_cli([f"run_dir={run_dir}", "resume=true", "telemetry.console=false"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming recipe=drgrpo" in resumed.stdout and "5 steps" in resumed.stdout, resumed.stdout
+    steps = [m["step"] for m in read_metrics(run_dir) if "reward/mean" in m]
+    assert steps == [1, 2, 3, 4, 5]  # each step logged once, and the run ended where it was meant to
+    assert (run_dir / "config.yaml").read_text() == config_before  # the history is kept, not overwritten
+    history = [json.loads(line) for line in (run_dir / "resumes.jsonl").read_text().splitlines()]
+    assert history[-1]["changed"] == {"telemetry.console": [True, False]}

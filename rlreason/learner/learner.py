@@ -400,15 +400,20 @@ class Learner:
         under `deepspeed/`); and each rank's random state."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        with self.strategy.full_params():  # under ZeRO-3 the weights are whole only inside this context
-            if self.rank == 0:
-                self.model.save_pretrained(d / ("adapter" if self.lora else "policy"))  # a PeftModel writes adapters only
-                self.tokenizer.save_pretrained(d / ("adapter" if self.lora else "policy"))
-        extra = self.strategy.save(d)
-        torch.save(
-            {**extra, "torch_rng": torch.get_rng_state(), "generator": self.generator.get_state(), "version": self.version},
-            d / ("learner.pt" if self.rank == 0 else f"learner_rank{self.rank}.pt"),
-        )
+        try:
+            with self.strategy.full_params():  # under ZeRO-3 the weights are whole only inside this context
+                if self.rank == 0:
+                    self.model.save_pretrained(d / ("adapter" if self.lora else "policy"))  # a PeftModel writes adapters only
+                    self.tokenizer.save_pretrained(d / ("adapter" if self.lora else "policy"))
+            extra = self.strategy.save(d)
+            torch.save(
+                {**extra, "torch_rng": torch.get_rng_state(), "generator": self.generator.get_state(), "version": self.version},
+                d / ("learner.pt" if self.rank == 0 else f"learner_rank{self.rank}.pt"),
+            )
+        except OSError:
+            raise
+        except Exception as e:  # noqa: BLE001 - torch and safetensors report a full disk as their own errors
+            raise disk_error(d, e) from e
 
     def load(self, directory: str) -> int:
         d = Path(directory)
@@ -431,3 +436,16 @@ class Learner:
         if self.moe:
             self.moe.forget_probe()
         return self.version
+
+
+def disk_error(directory: Path, e: Exception) -> Exception:
+    """A write that failed with a library's own error ("iostream error", a safetensors IoError) as the
+    OSError it is when the disk is full, naming the directory; any other error unchanged."""
+    import errno
+    import shutil
+
+    free = shutil.disk_usage(directory).free
+    if free < 256 * 2**20 or "No space left" in str(e) or "StorageFull" in str(e):
+        return OSError(errno.ENOSPC, f"No space left on device ({free // 2**20} MiB free; {type(e).__name__}: {str(e)[:200]})",
+                       str(directory))
+    return e
