@@ -38,11 +38,35 @@ def smollm2_gguf() -> Path:
     return path
 
 
+def remove_stale_tmp(folder: Path) -> list[Path]:
+    """Remove the temporary files and folders (`.<name>.<pid>.tmp`) that killed writers left in `folder`:
+    those whose process no longer runs. A live writer's are kept. Returns what was removed."""
+    removed = []
+    for p in Path(folder).glob(".*.tmp") if Path(folder).is_dir() else []:
+        pid = p.name[:-len(".tmp")].rsplit(".", 1)[-1]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def publish_folder(final: Path, write) -> Path:
     """Build a folder atomically: `write(tmp)` fills a temporary sibling, which is then renamed to
     `final`; a crash leaves no half-written `final`. If another process published first, its folder
     is kept and ours is discarded."""
     tmp = final.parent / f".{final.name}.{os.getpid()}.tmp"
+    remove_stale_tmp(final.parent)
     shutil.rmtree(tmp, ignore_errors=True)
     final.parent.mkdir(parents=True, exist_ok=True)
     write(tmp)

@@ -14,7 +14,7 @@ from typing import Any, Optional
 DTYPES = ("fp32", "bf16")
 MODEL_KINDS = ("tiny_moe", "pretrained", "smollm2", "smollm2_moe")
 TASKS = ("arithmetic", "elementary_math", "gsm8k", "jsonl", "reasoning_gym")
-ISOLATION = ("process", "inline")
+ISOLATION = ("sandbox", "process", "inline")
 STRATEGIES = ("single", "deepspeed")
 PLACEMENTS = ("none", "pack", "spread", "strict_pack")
 
@@ -168,11 +168,13 @@ class TaskConfig:
     # a row without an answer, of the wrong type or with a gold answer the verifier cannot read:
     # error = stop before training, naming file and row; skip = drop it, report it and count it
     bad_rows: str = "error"
+    # a file row longer than this (bytes) is a bad row: one runaway line must not exhaust memory in tokenisation
+    max_row_bytes: int = 1_048_576
 
     def check(self, cfg) -> None:
         _choice("task.name", self.name, TASKS)
         _choice("task.bad_rows", self.bad_rows, ("error", "skip"))
-        _positives(self, "task", ("num_train", "num_eval"))
+        _positives(self, "task", ("num_train", "num_eval", "max_row_bytes"))
         if self.name == "gsm8k" and self.path:
             from pathlib import Path
 
@@ -245,11 +247,17 @@ class RewardConfig:
     memory_limit_mb: int = 4096  # address-space limit of each verifier process (0: none)
     num_workers: int = 2  # verifier processes
     async_concurrency: int = 16  # completions one worker awaits at once for an async verifier
-    isolation: str = "process"  # process: the sandboxed pool | inline: call in the trainer (trusted verifiers only)
+    # sandbox: worker processes with no network, read-only files but a private scratch, the run directory
+    # hidden, an unprivileged uid, process and file-size limits (rewards/sandbox.py) | process: worker processes
+    # with the time and memory limits only (verifiers that need the network, e.g. an LLM judge) | inline: call
+    # in the trainer, no limits (trusted verifiers only)
+    isolation: str = "sandbox"
+    scratch_mb: int = 64  # sandbox: each worker's private writable tmpfs, and the largest file it may write
+    max_processes: int = 32  # sandbox: processes and threads a worker may run (a fork bomb stops there)
 
     def check(self, cfg) -> None:
         _choice("reward.isolation", self.isolation, ISOLATION)
-        _positives(self, "reward", ("num_workers", "timeout_s", "async_concurrency"))
+        _positives(self, "reward", ("num_workers", "timeout_s", "async_concurrency", "scratch_mb", "max_processes"))
         _positives(self, "reward", ("cpu_limit_s", "memory_limit_mb"), allow_zero=True)
         if self.memory_limit_mb and self.memory_limit_mb < 256:
             raise ConfigError(f"reward.memory_limit_mb={self.memory_limit_mb} is too small for a Python process; use >= 256 "
@@ -403,6 +411,10 @@ class AlgoConfig:
 
         _registered("algo.loss_agg", self.loss_agg, LOSS_AGGREGATIONS)
         _registered("algo.estimator", self.estimator, ESTIMATORS)
+        if cfg.rollout.group_size == 1 and getattr(ESTIMATORS.get(self.estimator), "group_relative", False):
+            raise ConfigError(f"rollout.group_size=1 with algo.estimator={self.estimator}: a group-relative estimator compares "
+                              f"each response with the others sampled for its prompt, so with one response per prompt every "
+                              f"advantage is 0 and nothing trains. Use rollout.group_size >= 2.")
         _registered("algo.policy_loss", self.policy_loss, POLICY_LOSSES)
         for sub in (self.thr, self.d3s, self.tw):
             sub.check(cfg)

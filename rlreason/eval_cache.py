@@ -17,6 +17,8 @@ import json
 import os
 from pathlib import Path
 
+from rlreason.assets import remove_stale_tmp
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -50,6 +52,7 @@ def load(cache_dir: Path, key: str) -> dict | None:
 def store(cache_dir: Path, key: str, metrics: dict) -> None:
     """Write atomically (a temporary file renamed into place): a concurrent reader never sees half a file."""
     cache_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(cache_dir)
     tmp = cache_dir / f".{key}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(metrics))
     os.replace(tmp, cache_dir / f"{key}.json")

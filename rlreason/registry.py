@@ -116,17 +116,54 @@ class Registry:
         return obj
 
 
+IMPORT_TIMEOUT_S = 60.0  # a user module that has not finished importing by then is reported, not waited for
+OWN_PACKAGES = ("rlreason", "rewards", "curricula")  # imported directly; everything else under the time limit
+
+
 def load_attr(path: str, what: str, error: type[Exception] = UnknownPlugin) -> Any:
-    """Import ``module:attr`` (attr may be dotted); `error` names `what` and the reason on failure."""
+    """Import ``module:attr`` (attr may be dotted); `error` names `what` and the reason on failure.
+    A user's module gets `IMPORT_TIMEOUT_S` (env RLREASON_IMPORT_TIMEOUT_S) to import: one that hangs at
+    import (a network call, a lock) is an error naming it, not a run that never starts."""
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
         raise error(f"{what}: {path!r} is not an import path of the form 'module:attr'")
     try:
-        obj = importlib.import_module(module_name)
+        obj = _import(module_name)
     except ImportError as e:
         raise error(f"cannot import module {module_name!r} for {what}: {e}") from None
+    except TimeoutError as e:
+        raise error(f"{what}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - a user module may raise anything at import
+        raise error(f"importing module {module_name!r} for {what} failed: {type(e).__name__}: {e}") from None
     for part in attr.split("."):
         obj = getattr(obj, part, None)
         if obj is None:
             raise error(f"module {module_name!r} has no attribute {attr!r} ({what})")
     return obj
+
+
+def _import(module_name: str):
+    import os
+    import sys
+    import threading
+
+    if module_name in sys.modules or module_name.split(".")[0] in OWN_PACKAGES:
+        return importlib.import_module(module_name)
+    timeout = float(os.environ.get("RLREASON_IMPORT_TIMEOUT_S", IMPORT_TIMEOUT_S))
+    out: dict = {}
+
+    def target():
+        try:
+            out["module"] = importlib.import_module(module_name)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            out["error"] = e
+
+    thread = threading.Thread(target=target, name=f"import {module_name}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError(f"importing module {module_name!r} did not finish within {timeout:.0f} s (does it wait on the "
+                           f"network, a lock or input at import time?); set RLREASON_IMPORT_TIMEOUT_S to allow longer")
+    if "error" in out:
+        raise out["error"]
+    return out["module"]

@@ -28,10 +28,23 @@ import sys
 from pathlib import Path
 
 
+def read_metrics(path: Path) -> list[dict]:
+    """Every complete line of a metrics.jsonl; a line cut short (a crash mid-write) is skipped, and said."""
+    rows = []
+    for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            print(f"rlreason.report: {path}:{n}: skipped a partial line (the run stopped while writing it)", file=sys.stderr)
+    return rows
+
+
 def load_run(run_dir: Path) -> dict:
     import yaml
 
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_metrics(run_dir / "metrics.jsonl")
     overrides = yaml.safe_load((run_dir / "overrides.yaml").read_text()) if (run_dir / "overrides.yaml").exists() else []
     config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
     choices = yaml.safe_load((run_dir / "choices.yaml").read_text()) if (run_dir / "choices.yaml").exists() else {}

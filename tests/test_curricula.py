@@ -8,6 +8,7 @@ import pytest
 from curricula.knapsack import allocate, p_nonzero_gradient, rollout_value
 from curricula.length_budget import budget_schedule, triangular_length_reward
 from curricula.sec import softmax_probs, td_update
+from rlreason.data.tasks import DataError
 
 
 def test_triangular_length_reward():
@@ -155,7 +156,7 @@ def test_gsm8k_loader_reads_a_local_folder_and_reports_bad_rows(tmp_path):
     (tmp_path / "train.jsonl").write_text('{"question": "q", "answer": "a #### 3"}\n{"question": "q2", "answer": "no final"}\n')
     with pytest.raises(ValueError, match=r"train.jsonl:2"):
         gsm8k_split(str(tmp_path), "train")
-    with pytest.raises(FileNotFoundError, match="test.jsonl"):
+    with pytest.raises(DataError, match="test.jsonl"):
         gsm8k_split(str(tmp_path), "test")
 
 

@@ -41,12 +41,14 @@ class EstimatorNotFound(ValueError):
 ESTIMATORS = Registry("estimator", "algo.estimator", error=EstimatorNotFound)
 
 
-def register_estimator(name: str, needs: frozenset = frozenset()) -> Callable:
+def register_estimator(name: str, needs: frozenset = frozenset(), group_relative: bool = False) -> Callable:
     """Register `fn(batch, algo_cfg, learner_tensors) -> Tensor | Estimate` under `name`.
 
     needs: learner tensors to compute besides old_logprobs, entropy and progress:
-    "hidden" (final-layer hidden states [B, T, d]) and "vocab_logprobs" ([B, T, V], memory-heavy)."""
-    return ESTIMATORS.register(name, needs=frozenset(needs))
+    "hidden" (final-layer hidden states [B, T, d]) and "vocab_logprobs" ([B, T, V], memory-heavy).
+    group_relative: the advantage compares a response with the others of its prompt, so a group of one
+    has none (rollout.group_size=1 is refused)."""
+    return ESTIMATORS.register(name, needs=frozenset(needs), group_relative=group_relative)
 
 
 def as_estimate(out) -> Estimate:
@@ -61,31 +63,31 @@ def _grpo_sample(batch, cfg) -> torch.Tensor:
     return group_advantages(batch.rewards, batch.group_index, cfg.std_ddof, cfg.adv_eps, cfg.scale_by_std)
 
 
-@register_estimator("grpo")
+@register_estimator("grpo", group_relative=True)
 def grpo(batch, cfg, learner_tensors: dict) -> torch.Tensor:
     """GRPO: the group advantage (r - mu) / (sigma + eps) broadcast over response tokens."""
     return _broadcast(_grpo_sample(batch, cfg), batch)
 
 
-@register_estimator("drgrpo")
+@register_estimator("drgrpo", group_relative=True)
 def drgrpo(batch, cfg, learner_tensors: dict) -> torch.Tensor:
     """Dr.GRPO (arXiv 2503.20783): r - mu, no division by the group std (scale_by_std ignored)."""
     return _broadcast(group_advantages(batch.rewards, batch.group_index, cfg.std_ddof, cfg.adv_eps, False), batch)
 
 
-@register_estimator("rloo")
+@register_estimator("rloo", group_relative=True)
 def rloo(batch, cfg, learner_tensors: dict) -> torch.Tensor:
     return _broadcast(rloo_advantages(batch.rewards, batch.group_index), batch)
 
 
-@register_estimator("tempo")
+@register_estimator("tempo", group_relative=True)
 def tempo(batch, cfg, learner_tensors: dict) -> torch.Tensor:
     """TEMPO (reconstructed, see algos/tempo.py): GRPO plus branch-gated prefix-tree TD."""
     return tempo_advantages(batch.response_ids.cpu(), batch.response_mask.cpu(), batch.rewards.cpu(), batch.group_index.cpu(),
                             cfg.std_ddof, cfg.adv_eps, cfg.tempo.td_weight).to(batch.response_ids.device)
 
 
-@register_estimator("thr", needs=frozenset(("hidden", "vocab_logprobs")))
+@register_estimator("thr", needs=frozenset(("hidden", "vocab_logprobs")), group_relative=True)
 def thr(batch, cfg, learner_tensors: dict) -> Estimate:
     """THR (reconstructed, see algos/thr.py): GRPO advantages reweighted by token hidden reward."""
     t = cfg.thr
@@ -97,7 +99,7 @@ def thr(batch, cfg, learner_tensors: dict) -> Estimate:
     return Estimate(adv, metrics=metrics)
 
 
-@register_estimator("d3s")
+@register_estimator("d3s", group_relative=True)
 def d3s(batch, cfg, learner_tensors: dict) -> Estimate:
     """D3S (reconstructed, see algos/d3s.py): GRPO advantages on a max-variance subset of samples and
     the top |A|*H share of their tokens, relaxed linearly over training."""
@@ -110,7 +112,7 @@ def d3s(batch, cfg, learner_tensors: dict) -> Estimate:
     return Estimate(token_adv, loss_mask=keep.to(torch.float32), metrics=metrics)
 
 
-@register_estimator("tw_grpo", needs=frozenset(("vocab_logprobs",)))
+@register_estimator("tw_grpo", needs=frozenset(("vocab_logprobs",)), group_relative=True)
 def tw_grpo(batch, cfg, learner_tensors: dict) -> Estimate:
     """TW-GRPO (see algos/token_weighting.py): GRPO advantages, per-position weights in [1, alpha]."""
     w = tw_token_weights(learner_tensors["vocab_logprobs"], batch.response_mask, batch.group_index, cfg.tw.alpha)

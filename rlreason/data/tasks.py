@@ -22,7 +22,8 @@ MAX_LOGGED_BAD_ROWS = 20
 
 
 class DataError(ValueError):
-    """A bad data row under ``task.bad_rows=error``."""
+    """Data the run cannot use: a bad row under ``task.bad_rows=error``, a missing or empty file, a split
+    with no usable rows. The message names the file (and row)."""
 
 
 @dataclass
@@ -38,8 +39,9 @@ class BadRow:
 class RowChecker:
     """Builds problems from rows, applying the verifiers' `validate` and the bad-row policy."""
 
-    def __init__(self, mode: str = "error", validators: Iterable[Callable] = (), report: list | None = None):
-        self.mode, self.validators = mode, list(validators)
+    def __init__(self, mode: str = "error", validators: Iterable[Callable] = (), report: list | None = None,
+                 max_row_bytes: int = 1_048_576):
+        self.mode, self.validators, self.max_row_bytes = mode, list(validators), max_row_bytes
         self.report = report if report is not None else []
 
     def take(self, file: str, row: int, make: Callable[[], Problem]) -> Problem | None:
@@ -64,13 +66,24 @@ class RowChecker:
 
 
 def read_jsonl(file: Path, checker: RowChecker, build: Callable[[dict], Problem]) -> list[Problem]:
-    out = []
-    with open(file, encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
+    """The problems of a JSONL file, one per non-blank line. A line that is not valid UTF-8, longer than
+    ``task.max_row_bytes`` (read no further than the cap), not a JSON object or not a valid row is a bad
+    row named by file and line; a file with no rows at all is a `DataError`."""
+    out, rows = [], 0
+    cap = checker.max_row_bytes
+    with open(file, "rb") as f:
+        for n, raw in enumerate(_capped_lines(f, cap), 1):
+            if raw is not None and not raw.strip():
                 continue
+            rows += 1
 
-            def make(line=line):
+            def make(raw=raw):
+                if raw is None:
+                    raise ValueError(f"the line is longer than task.max_row_bytes={cap} bytes")
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise ValueError(f"not valid UTF-8 (byte {raw[e.start]:#04x} at byte {e.start + 1} of the line)") from None
                 row = json.loads(line)
                 if not isinstance(row, dict):
                     raise TypeError(f"row is a JSON {type(row).__name__}, expected an object")
@@ -79,13 +92,29 @@ def read_jsonl(file: Path, checker: RowChecker, build: Callable[[dict], Problem]
             p = checker.take(str(file), n, make)
             if p is not None:
                 out.append(p)
+    if rows == 0:
+        raise DataError(f"{file} holds no rows (it is empty or blank); a JSONL task file has one JSON object per line.")
     return out
+
+
+def _capped_lines(f, cap: int):
+    """The lines of binary file `f`; a line longer than `cap` bytes is yielded as None, never read whole."""
+    while True:
+        line = f.readline(cap + 1)
+        if not line:
+            return
+        if len(line) > cap and not line.endswith(b"\n"):
+            while (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):
+                pass
+            yield None
+            continue
+        yield line
 
 
 def load_task(task_cfg, validators: Iterable[Callable] = (), report: list | None = None) -> tuple[list[Problem], list[Problem]]:
     """(train, eval) problems for `task.name`. `validators` check each file row's sample (the reward
     verifiers' ``validate``); bad rows follow ``task.bad_rows`` and are appended to `report`."""
-    checker = RowChecker(getattr(task_cfg, "bad_rows", "error"), validators, report)
+    checker = RowChecker(getattr(task_cfg, "bad_rows", "error"), validators, report, getattr(task_cfg, "max_row_bytes", 1_048_576))
     if task_cfg.name == "arithmetic":
         return make_splits(task_cfg.seed, task_cfg.num_train, task_cfg.num_eval, task_cfg.num_terms, task_cfg.max_value,
                            task_cfg.eval_fraction, list(task_cfg.levels) or None)
@@ -134,7 +163,7 @@ def gsm8k_split(path: str | None, split: str, checker: RowChecker | None = None)
     if path:
         file = Path(path) / f"{split}.jsonl"
         if not file.exists():
-            raise FileNotFoundError(f"task=gsm8k: {file} does not exist (task.path must hold train.jsonl and test.jsonl)")
+            raise DataError(f"task=gsm8k: {file} does not exist (task.path must hold train.jsonl and test.jsonl)")
         return read_jsonl(file, checker, gsm8k_problem)
     from datasets import load_dataset  # online only: HF_HUB_OFFLINE makes this fail fast offline
 
@@ -189,17 +218,17 @@ def data_file(path: str) -> Path:
 
 def jsonl_splits(task_cfg, checker: RowChecker) -> tuple[list[Problem], list[Problem]]:
     if not task_cfg.path:
-        raise FileNotFoundError("task=jsonl needs task.path=<a .jsonl file>")
+        raise DataError("task=jsonl needs task.path=<a .jsonl file>")
     path = data_file(task_cfg.path)
     if not path.is_file():
-        raise FileNotFoundError(f"task=jsonl: {path} does not exist")
+        raise DataError(f"task=jsonl: {path} does not exist")
     build = jsonl_builder(task_cfg)
     rows = read_jsonl(path, checker, build)
     if task_cfg.eval_path:
         evals = read_jsonl(data_file(task_cfg.eval_path), checker, build)[: task_cfg.num_eval]
     else:
         if len(rows) <= task_cfg.num_eval:
-            raise ValueError(f"task=jsonl: {path} has {len(rows)} usable rows, not more than task.num_eval={task_cfg.num_eval}")
+            raise DataError(f"task=jsonl: {path} has {len(rows)} usable rows, not more than task.num_eval={task_cfg.num_eval}")
         rows, evals = rows[: -task_cfg.num_eval], rows[-task_cfg.num_eval:]
     return rows[: task_cfg.num_train], evals
 

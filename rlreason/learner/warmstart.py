@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from rlreason.assets import remove_stale_tmp
+
 log = logging.getLogger(__name__)
 
 
@@ -143,7 +145,9 @@ def warm_start(model_cfg, task_cfg, ws_cfg, seed: int, tokenizer, train_problems
                     control.should_training_stop = True
             return control
 
-    tmp = root / f".{key}.tmp-{os.getpid()}"
+    for stale in remove_stale_tmp(root):  # warm starts killed before they finished
+        log.info("removed %s, left by a warm start that did not finish", stale)
+    tmp = root / f".{key}.{os.getpid()}.tmp"
     args = SFTConfig(
         output_dir=str(tmp / "trainer"),
         max_steps=ws_cfg.max_steps,

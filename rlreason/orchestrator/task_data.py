@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlreason.data.tasks import load_task
+from rlreason.data.tasks import DataError, load_task
 
 log = logging.getLogger(__name__)
 
@@ -30,4 +30,8 @@ def load_task_data(task_cfg, validators: list, run_dir: Path) -> TaskData:
             for b in bad_rows:
                 f.write(json.dumps({"file": b.file, "row": b.row, "reason": b.reason}) + "\n")
         log.warning("task.bad_rows=skip: %d bad rows skipped, listed in %s", len(bad_rows), run_dir / "bad_rows.jsonl")
+    for split, problems in (("training", train), ("held-out", evals)):
+        if not problems:
+            raise DataError(f"task={task_cfg.name} has no usable {split} problems"
+                            + (f" ({len(bad_rows)} bad rows skipped; see {run_dir / 'bad_rows.jsonl'})" if bad_rows else "") + ".")
     return TaskData(train, evals, bad_rows)
