@@ -98,3 +98,57 @@ def test_a_killed_rollout_worker_is_restarted_given_current_weights_and_the_run_
         trainer.close()
         for actor in [*trainer.learners.actors, *trainer.fleet.workers]:
             ray.kill(actor)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_rollout_worker_deaths_during_weight_sync_and_eval_leave_the_final_weights_unchanged(ray_local, tmp_path, seed):
+    """Fault injection: a rollout worker is killed as a weight sync begins (step 2) and as an evaluation
+    begins (step 3); the run finishes, every step is logged once, and the learner's final weights equal an
+    uninterrupted run's (each retried call regenerates with the same seeds, so the design promises it)."""
+    import os
+    import signal
+
+    from conftest import read_metrics
+
+    from rlreason.run import compose
+    from rlreason.trainer import Trainer
+
+    def run(run_dir, faults: bool):
+        cfg, _ = compose(["recipe=grpo", "scale=smoke", "total_steps=3", "eval_every=3", "eval_sampled=false", "eval_cache=false",
+                          "telemetry.tensorboard=false", "telemetry.console=false", "learner.lr=1e-2", f"seed={seed}",
+                          f"run_dir={run_dir}"])
+        trainer = Trainer.from_config(cfg, run_dir)
+        trainer.start()
+        fleet = trainer.fleet
+        kill = lambda: os.kill(ray.get(fleet.workers[0].pid.remote()), signal.SIGKILL)  # noqa: E731
+        if faults:
+            sync, generate = fleet.sync, fleet.generate
+
+            def sync_killed_first(version, workers=None):
+                if version == 2 and workers is None:
+                    kill()
+                return sync(version, workers)
+
+            def eval_killed_first(prompts, seed, greedy=False, **kw):
+                if greedy and trainer.steps_done == 3:
+                    kill()
+                return generate(prompts, seed, greedy, **kw)
+
+            fleet.sync, fleet.generate = sync_killed_first, eval_killed_first
+        try:
+            trainer.fit()
+            return trainer, ray.get(trainer.learners.rank0.get_weights.remote())
+        finally:
+            trainer.close()
+            for actor in [*trainer.learners.actors, *trainer.fleet.workers]:
+                ray.kill(actor)
+
+    _, want = run(tmp_path / "ref", faults=False)
+    trainer, got = run(tmp_path / "faults", faults=True)
+    steps = [m for m in read_metrics(tmp_path / "faults") if "reward/mean" in m]
+    assert [m["step"] for m in steps] == [1, 2, 3]
+    assert steps[-1]["faults/rollout_recoveries"] >= 1 and trainer.fleet.restarts == 2
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    ref_eval = [m for m in read_metrics(tmp_path / "ref") if m.get("step") == 3 and "accuracy/eval" in m]
+    got_eval = [m for m in read_metrics(tmp_path / "faults") if m.get("step") == 3 and "accuracy/eval" in m]
+    assert got_eval[0]["accuracy/eval"] == ref_eval[0]["accuracy/eval"]

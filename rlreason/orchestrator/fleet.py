@@ -8,7 +8,8 @@ reads the engine class's `weights_format` to ask the learner for the right paylo
   the restarted ones to the current weights (`rollout.max_restarts` tries).
 - `sync(version)` moves the learner's weights to every worker: through Ray's object store
   (TENSORS: the learner puts them there itself, the driver only passes the reference) or as an HF
-  folder under the run directory that each engine reloads in place (HF_FOLDER).
+  folder under the run directory that each engine reloads in place (HF_FOLDER). A worker that dies
+  during the sync is waited for (Ray restarts it) and the load is repeated.
 """
 
 from __future__ import annotations
@@ -89,29 +90,42 @@ class RolloutFleet:
             payload = WeightsFolder(self.learners.call("save_weights", self.sync_dir))
         else:
             (payload,) = self.learners.call("put_weights")  # a reference into the object store
-        ray.get([w.load_weights.remote(payload, version) for w in workers])
+        for attempt in range(self.cfg.max_restarts + 1):
+            try:  # loading is idempotent: after a death, every worker of the call loads again
+                ray.get([w.load_weights.remote(payload, version) for w in workers])
+                break
+            except DEAD as e:
+                if attempt == self.cfg.max_restarts:
+                    raise RuntimeError(f"rollout workers died {attempt + 1} times in one weight sync; giving up") from e
+                log.warning("a rollout worker died during the weight sync (%s); waiting for Ray to restart it, then "
+                            "syncing again", type(e).__name__)
+                self._versions()
+                self.restarts += 1
         self.weights_version = version
 
-    def recover(self, timeout_s: float = 600.0) -> None:
+    def recover(self) -> None:
         """Wait until every worker answers again (Ray restarts dead ones), then give the restarted
         ones, which came back with the initial weights, the current weights."""
+        stale = [w for w, version in zip(self.workers, self._versions()) if version != self.weights_version]
+        self.restarts += 1
+        if stale and self.weights_version:
+            self.sync(self.weights_version, stale)
+        log.warning("%d rollout worker(s) restarted and brought to weights version %d", len(stale), self.weights_version)
+
+    def _versions(self, timeout_s: float = 600.0) -> list[int]:
+        """Every worker's weights version, waiting for Ray to restart the dead ones."""
         deadline = time.monotonic() + timeout_s
-        stale = []
+        versions = []
         for w in self.workers:
             while True:
                 try:
-                    version = ray.get(w.ping.remote(), timeout=60)
+                    versions.append(ray.get(w.ping.remote(), timeout=60))
                     break
                 except (*DEAD, ray.exceptions.GetTimeoutError) as e:
                     if time.monotonic() > deadline:
                         raise RuntimeError("a rollout worker died and Ray did not restart it (rollout.max_restarts spent?)") from e
                     time.sleep(1.0)
-            if version != self.weights_version:
-                stale.append(w)
-        self.restarts += 1
-        if stale and self.weights_version:
-            self.sync(self.weights_version, stale)
-        log.warning("%d rollout worker(s) restarted and brought to weights version %d", len(stale), self.weights_version)
+        return versions
 
     def peak_memory(self) -> dict:
         """Peak RSS of the largest worker (and CUDA peak where there is a GPU), MiB."""
