@@ -71,20 +71,39 @@ def test_existing_run_dir_is_not_overwritten(tmp_path):
 
 
 @pytest.mark.integration
-def test_hanging_and_raising_verifier_are_contained(tmp_path):
+def test_hanging_raising_attacking_and_infinite_verifiers_are_contained_and_reported(tmp_path):
+    """Three verifiers: one that hangs or raises (accuracy), one that attacks the machine (writes beside the
+    run, reads the run's files, forks 200 processes), one that returns +inf. The run finishes; no attack
+    gets through (the sandbox); +inf is an error, not a reward; the failures' messages are in
+    verifier_errors.jsonl and their rates on the console."""
+    import json
+
     run_dir = tmp_path / "flaky"
+    verifiers = ("[{name: 'tests.verifiers_fixture:flaky', accuracy: true}, "
+                 f"{{name: 'tests.verifiers_fixture:attack', weight: 0.5, args: {{run_dir: '{run_dir}'}}}}, "
+                 "{name: 'tests.verifiers_fixture:infinite', weight: 0.1}]")
     proc = run_cli(
-        ["recipe=grpo", "scale=smoke", f"run_dir={run_dir}", "reward.verifier=tests.verifiers_fixture:flaky",
+        ["recipe=grpo", "scale=smoke", f"run_dir={run_dir}", f"reward.verifiers={verifiers}",
          "reward.timeout_s=1", "reward.num_workers=2", "eval_every=0", "task.num_eval=4", "eval_sampled=false",
          "telemetry.tensorboard=false"]
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     steps = [m for m in read_metrics(run_dir) if "reward/mean" in m]
     assert [m["step"] for m in steps] == [1, 2]
-    timeouts = sum(m["verifier/timeout_rate"] for m in steps)
-    errors = sum(m["verifier/error_rate"] for m in steps)
-    assert timeouts > 0 and errors > 0
+    assert sum(m["verifier/tests.verifiers_fixture:flaky/timeout_rate"] for m in steps) > 0
+    assert sum(m["verifier/tests.verifiers_fixture:flaky/error_rate"] for m in steps) > 0
+    for name in ("attack", "infinite"):  # every call failed, and scored 0
+        assert all(m[f"verifier/tests.verifiers_fixture:{name}/error_rate"] == 1.0 for m in steps), name
+        assert all(m[f"reward/tests.verifiers_fixture:{name}/mean"] == 0.0 for m in steps), name
     assert all(0.0 <= m["reward/mean"] <= 1.0 for m in steps)
+    assert not (tmp_path / "pwned.txt").exists()
+    errors = [json.loads(line) for line in (run_dir / "verifier_errors.jsonl").read_text().splitlines()]
+    messages = " ".join(e["error"] for e in errors)
+    for fragment in ("Read-only file system", "No such file", "non-finite score (inf)", "RuntimeError: verifier exploded"):
+        assert fragment in messages, fragment
+    assert all({"where", "verifier", "completion", "prompt"} <= e.keys() for e in errors)
+    assert "verifier errors" in proc.stdout and "verifier timeouts" in proc.stdout  # the console line says so
+    assert "failed on" in proc.stderr  # and warns: the attack and +inf verifiers fail on every call
 
 
 @pytest.mark.integration
@@ -230,7 +249,9 @@ def test_bad_data_row_stops_the_run_with_file_and_row(tmp_path):
     (["reward.verifiers=[{name: regex, args: {patern: x}}]"], ["reward.verifiers[0]", "patern"]),
     (["reward.verifiers=[{name: math}, {name: math}]"], ["repeat"]),
     (["reward.verifiers=[{name: math, accuracy: true}, {name: format, accuracy: true}]"], ["at most one"]),
-    (["reward.isolation=none"], ["reward.isolation='none'", "process", "inline"]),
+    (["reward.isolation=none"], ["reward.isolation='none'", "sandbox", "process", "inline"]),
+    (["reward.verifiers=[{name: math, wieght: 1}]"], ["unknown key 'wieght' in an entry of reward.verifiers", "Did you mean 'weight'"]),
+    (["rollout.group_size=1"], ["rollout.group_size=1", "algo.estimator=grpo", "every advantage is 0"]),
     (["task.bad_rows=ignore"], ["task.bad_rows='ignore'", "error", "skip"]),
     (["task.name=reasoning_gym", "task.dataset=chain_summ"], ["task.dataset='chain_summ'", "chain_sum"]),
     (["task.name=jsonl", "task.path=/nonexistent.jsonl"], ["task.path=/nonexistent.jsonl", "not a file"]),
@@ -246,3 +267,25 @@ def test_verifier_and_data_config_errors(args, expect):
     assert "\n" not in line
     for fragment in expect:
         assert fragment in line, line
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(__import__("os").geteuid() != 0, reason="mounting a small file system needs root")
+def test_a_full_disk_stops_the_run_with_the_path_and_no_traceback(tmp_path):
+    """The run directory on a 512 KiB file system: the first checkpoint (a learner's write, in a Ray actor)
+    fills it. One line names the path and the cause; no traceback, no 'iostream error'."""
+    import subprocess
+
+    disk = tmp_path / "small"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(disk)], check=True)
+    try:
+        proc = run_cli(["recipe=grpo", "scale=smoke", "eval_every=0", "eval_sampled=false", "telemetry.tensorboard=false",
+                        f"run_dir={disk / 'run'}"])
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "iostream" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("rlreason: training stopped at step 2: cannot write") and "the disk is full" in last, last
+    assert str(disk / "run" / "checkpoints") in last, last

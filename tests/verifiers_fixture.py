@@ -143,3 +143,20 @@ def big_file(completion: str, sample: dict) -> float:
         for _ in range(sample.get("mb", 256)):
             f.write(b"x" * 2**20)
     return 1.0
+
+
+def attack(completion: str, sample: dict, run_dir: str = "") -> float:
+    """Attacks the machine, a different way per completion: 1.0 only if the attack got through."""
+    kind = zlib.crc32(completion.encode()) % 3
+    if kind == 0:
+        return write_file(completion, {"path": os.path.join(os.path.dirname(run_dir), "pwned.txt")})
+    if kind == 1:
+        return read_file(completion, {"path": os.path.join(run_dir, "config.yaml")})
+    children = []
+    for _ in range(200):
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(5)
+            os._exit(0)
+        children.append(pid)
+    return 1.0
