@@ -4,15 +4,17 @@
     .venv/bin/python benchmarks/verifiers.py step [--steps 12] [--repeats 2]
 
 `throughput`: completions per second of the `math` verifier over two sets of `--n` completions, by
-(a) `InlineRunner` (the calling process, no isolation), (b) `VerifierPool` with 1 worker and (c)
-with 2 workers, each arm after one warm-up pass (imports, first parses), median over `--repeats`.
+(a) `InlineRunner` (the calling process, no isolation), (b) `VerifierPool` with 1 worker, (c)
+with 2 workers (limits only, `reward.isolation=process`) and (d) 2 sandboxed workers (the default,
+`reward.isolation=sandbox`: namespaces, own uid, scratch emptied after each call), each arm after one
+warm-up pass (imports, first parses), median over `--repeats`.
 The sets: `arithmetic`, the default task's own solutions with the final answer right, wrong or
 restated directly (what the default run scores: mostly the numeric fast path), and `latex`, answers in
 LaTeX forms that need math-verify's parser (`\\frac{a}{b}`, `\\sqrt{}`, `2^{k}`, `\\dfrac`). A
 batched verifier wrapping the same function is also timed in the pool (one call per 64 completions).
 
 `step`: `make run`'s job (recipe=tempo, 32 prompts x 8 samples) through `rlreason/run.py` with
-`reward.isolation=process` (the default) and `inline`, the arms alternating; the median
+`reward.isolation=sandbox` (the default), `process` and `inline`, the arms alternating; the median
 `timing/reward_s` and `timing/step_s` over steps 2.., and the share of the step the reward takes.
 """
 
@@ -66,17 +68,19 @@ def latex_set(n: int) -> tuple[list[str], list[dict]]:
 
 def run_throughput(args) -> None:
     from rewards.pool import InlineRunner, Job, VerifierPool
+    from rewards.sandbox import Policy
 
     sets = {"arithmetic": arithmetic_set(args.n), "latex": latex_set(args.n)}
     arms = {
         "in-process": lambda: InlineRunner(timeout_s=5),
         "pool, 1 worker": lambda: VerifierPool(1, 5.0),
         "pool, 2 workers": lambda: VerifierPool(2, 5.0),
+        "sandbox, 2 workers (default)": lambda: VerifierPool(2, 5.0, sandbox=Policy()),
     }
     results = {}
     for set_name, (texts, samples) in sets.items():
         for arm, make in arms.items():
-            specs = ["math"] + (["benchmarks.verifiers:math_batched"] if arm.startswith("pool") else [])
+            specs = ["math"] + (["benchmarks.verifiers:math_batched"] if arm != "in-process" else [])
             for spec in specs:
                 with make() as runner:
                     runner.score([Job(spec, texts[:256], samples[:256])])  # warm-up: imports, first parses
@@ -108,7 +112,8 @@ math_batched.batched, math_batched.batch_size = True, 64
 
 
 def run_step(args) -> None:
-    arms = {"process (sandbox)": ["reward.isolation=process"], "inline": ["reward.isolation=inline"]}
+    arms = {"sandbox (default)": ["reward.isolation=sandbox"], "process": ["reward.isolation=process"],
+            "inline": ["reward.isolation=inline"]}
     out: dict[str, list[dict]] = {arm: [] for arm in arms}
     with tempfile.TemporaryDirectory(prefix="rlr-verif-") as tmp:
         for r in range(args.repeats):

@@ -9,10 +9,12 @@ With root, or CAP_SYS_ADMIN (the usual container), every layer below applies:
 - files: a private mount namespace where every mount is remounted read-only, nosuid, nodev; the worker's
   scratch directory gets a fresh tmpfs of ``scratch_mb`` (the only writable place; ``$TMPDIR``, ``$HOME``
   and the working directory point there); each path in ``hidden`` (the run directory: checkpoints,
-  metrics) is covered by an empty read-only tmpfs;
-- user: the worker drops to an unprivileged uid of its own (`sandbox_uid`), keeping one capability,
-  CAP_DAC_READ_SEARCH, so that it can still read (not write) the code and data a verifier imports
-  wherever they live; ``no_new_privs`` stops a setuid binary from giving anything back;
+  metrics) and the usual credential locations (`SECRETS`: ~/.ssh, cloud and registry logins, the
+  Hugging Face token, /etc/shadow) are covered by an empty read-only tmpfs or /dev/null;
+- user: the worker drops to an unprivileged uid of its own (`sandbox_uid`) with no capabilities, so
+  files only their owner may read (keys, tokens) are closed to it; when some of the code it imports is
+  not world-readable (a checkout under a private home), it keeps CAP_DAC_READ_SEARCH to read (never
+  write) it, and with it every file. ``no_new_privs`` stops a setuid binary from giving anything back;
 - limits: ``RLIMIT_NPROC`` (processes and threads of that uid: a fork bomb stops at `max_processes`),
   ``RLIMIT_FSIZE`` (no file over ``scratch_mb``), no core files. Memory and CPU time are limited by the
   pool (``RLIMIT_AS``, ``RLIMIT_CPU``). When the pool replaces a worker it kills every process of its uid
@@ -116,10 +118,22 @@ def _namespaces(policy: Policy) -> None:
         mount(None, target.encode(), None, flags, None)  # best effort: a few pseudo filesystems refuse
     size = f"size={policy.scratch_mb}m,mode=1777".encode()
     _check(mount(b"tmpfs", policy.scratch.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, size), "mount the scratch tmpfs")
-    for path in policy.hidden:
-        if os.path.isdir(path):
+    for path in [*policy.hidden, *secret_paths()]:
+        if os.path.isdir(path):  # an empty read-only tmpfs over a folder
             _check(mount(b"tmpfs", path.encode(), b"tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, b"size=4k,mode=0555"),
                    f"hide {path}")
+        elif os.path.isfile(path):  # /dev/null over a file (on a nodev mount now: opening it is refused)
+            _check(mount(b"/dev/null", path.encode(), None, MS_BIND, None), f"hide {path}")
+
+
+# where credentials usually live, hidden from verifiers as the run directory is (when they exist)
+SECRETS = ("~/.ssh", "~/.aws", "~/.azure", "~/.config/gcloud", "~/.docker", "~/.kube", "~/.gnupg", "~/.netrc",
+           "~/.git-credentials", "~/.cache/huggingface/token", "~/.huggingface", "~/.config/wandb",
+           "/etc/shadow", "/etc/gshadow")
+
+
+def secret_paths() -> list[str]:
+    return sorted({os.path.expanduser(p) for p in SECRETS})
 
 
 def _mount_points() -> list[str]:
@@ -138,13 +152,28 @@ def _kept_flags(target: str) -> int:
 def _drop_user(max_processes: int) -> None:
     libc = _libc()
     uid = sandbox_uid(os.getpid())
+    keep = 0 if all(map(_world_readable, sys.path)) else 1 << CAP_DAC_READ_SEARCH  # decided while still root
     resource.setrlimit(resource.RLIMIT_NPROC, (max_processes, max_processes))
     _check(libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0), "keep capabilities")
     os.setgroups([])
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)
-    _set_caps(1 << CAP_DAC_READ_SEARCH)
+    _set_caps(keep)
     _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+
+
+def _world_readable(path: str) -> bool:
+    """Whether any user can import from `path`: every directory above it searchable by others, and it readable."""
+    import stat
+
+    if not path or not os.path.exists(path):
+        return True
+    parts = os.path.abspath(path).split(os.sep)
+    for i in range(1, len(parts) + 1):
+        mode = os.stat(os.sep.join(parts[:i]) or os.sep).st_mode
+        if not mode & stat.S_IXOTH or (i == len(parts) and not mode & stat.S_IROTH):
+            return False
+    return True
 
 
 def _set_caps(mask: int) -> None:

@@ -496,6 +496,22 @@ def disk_message(e: BaseException) -> str:
     return f"{text} ({why})" if why else text
 
 
+class StopOnInterrupt:
+    """SIGINT handler: the first Ctrl-C asks the trainer to stop after the current step (with a
+    checkpoint); it then hands SIGINT back to Python, so a second Ctrl-C raises KeyboardInterrupt at once."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def __call__(self, signum, frame) -> None:
+        import signal
+
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        self.trainer.request_stop()
+        print(f"\nrlreason: Ctrl-C: stopping after step {self.trainer.step_in_progress} with a checkpoint; Ctrl-C again to "
+              f"stop at once", file=sys.stderr, flush=True)
+
+
 def train(cfg, run_dir: Path) -> int:
     """Load the task, make the policy, start Ray and the actors, and train; every way it can end is one line."""
     import signal
@@ -514,13 +530,7 @@ def train(cfg, run_dir: Path) -> int:
         print("rlreason: stopped by Ctrl-C before training started; nothing to resume.", file=sys.stderr, flush=True)
         return 130
 
-    def on_interrupt(signum, frame):  # the first Ctrl-C: finish the step, checkpoint, stop; the second: stop now
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        trainer.request_stop()
-        print(f"\nrlreason: Ctrl-C: stopping after step {trainer.steps_done + 1} with a checkpoint; Ctrl-C again to stop "
-              f"at once", file=sys.stderr, flush=True)
-
-    previous = signal.signal(signal.SIGINT, on_interrupt)
+    previous = signal.signal(signal.SIGINT, StopOnInterrupt(trainer))
     init_ray(cfg)
     try:
         trainer.start()

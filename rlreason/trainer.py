@@ -43,6 +43,7 @@ class Trainer:
         self.cfg, self.run_dir, self.data, self.policy = cfg, Path(run_dir), data, policy
         self.checkpoints = Checkpointer(self.run_dir, cfg.keep_checkpoints)
         self.start_step = self.steps_done = 0
+        self.step_in_progress = 1  # the step a stop request lets finish (the first, during start-up)
         self.stop_requested = False  # set by `request_stop` (a signal handler): finish this step, checkpoint, stop
 
     def request_stop(self) -> None:
@@ -90,6 +91,7 @@ class Trainer:
         eval_after = None
         prefetched = None  # trainer.off_policy_steps=1: the next step's batch, generated during this step's update
         for step in range(self.start_step + 1, cfg.total_steps + 1):
+            self.step_in_progress = step
             t_step = time.perf_counter()
             sb = prefetched or self.batches.next(step)  # 1-3. the curriculum picks prompts, the workers generate, the verifiers score
             prefetched = None
@@ -159,6 +161,7 @@ class Trainer:
         self.batches.load_state(state)
         self.fleet.sync(self.learners.call("load", str(directory)))
         self.start_step = self.steps_done = state["step"]
+        self.step_in_progress = self.start_step + 1
         log.info("resumed from %s: step %d, %d prompts consumed", directory, self.start_step, self.batches.sampler.consumed)
 
     def _logged_eval(self, step: int) -> dict | None:

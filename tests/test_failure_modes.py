@@ -200,3 +200,23 @@ def test_stale_temporary_cache_entries_are_removed_and_live_ones_kept(tmp_path):
     removed = remove_stale_tmp(tmp_path)
     assert sorted(p.name for p in removed) == sorted([f".abc123.{dead}.tmp", f".eval.{dead}.tmp"])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["abc123", live.name])
+
+
+def test_the_first_ctrl_c_asks_for_a_stop_and_the_second_interrupts_at_once(capsys):
+    import signal
+    from types import SimpleNamespace
+
+    from rlreason.run import StopOnInterrupt
+
+    trainer = SimpleNamespace(step_in_progress=5, stop_requested=False)
+    trainer.request_stop = lambda: setattr(trainer, "stop_requested", True)
+    previous = signal.signal(signal.SIGINT, StopOnInterrupt(trainer))
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)  # the handler runs between bytecodes
+        assert trainer.stop_requested and "stopping after step 5" in capsys.readouterr().err
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    finally:
+        signal.signal(signal.SIGINT, previous)

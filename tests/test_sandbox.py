@@ -17,7 +17,12 @@ FIX = "tests.verifiers_fixture"
 
 
 @needs_privilege
-def test_each_attack_fails_inside_the_sandbox_and_the_pool_goes_on(tmp_path):
+def test_each_attack_fails_inside_the_sandbox_and_the_pool_goes_on(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519").write_text("PRIVATE KEY")
+    (home / ".netrc").write_text("machine example.com password hunter2")
+    monkeypatch.setenv("HOME", str(home))  # the workers' credentials, hidden like the run directory
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "checkpoints" / "learner.pt").write_bytes(b"weights")
@@ -32,8 +37,10 @@ def test_each_attack_fails_inside_the_sandbox_and_the_pool_goes_on(tmp_path):
         (f"{FIX}:write_file", "", {"path": "/etc/rlreason-sandbox-test"}),
         (f"{FIX}:connect", "", {"port": port}),  # a listener on this machine
         (f"{FIX}:read_file", "", {"path": str(run_dir / "checkpoints" / "learner.pt")}),  # the run's weights
+        (f"{FIX}:read_file", "", {"path": str(home / ".ssh" / "id_ed25519")}),  # credentials
         (f"{FIX}:hog", "", {}),  # allocate without bound
         (f"{FIX}:big_file", "", {"mb": 64}),  # fill the disk
+        (f"{FIX}:read_file", "", {"path": str(home / ".netrc")}),  # a credentials file (a nodev /dev/null over it)
         (f"{FIX}:write_scratch", "", {}),  # allowed: its own scratch
         (f"{FIX}:read_file", "", {"path": os.path.join(os.getcwd(), "README.md")}),  # allowed: reading code and data
         ("math", "#3", {"answer": "3"}),
@@ -42,11 +49,13 @@ def test_each_attack_fails_inside_the_sandbox_and_the_pool_goes_on(tmp_path):
         with VerifierPool(num_workers=2, timeout_s=5.0, memory_limit_mb=1024, sandbox=policy) as pool:
             res = pool.run(tasks)
             got = [(r.status, r.score) for r in res]
-            assert got == [("error", 0.0)] * 7 + [("ok", 1.0)] * 3, "\n".join(f"{g} {(r.error or '')[:300]}" for g, r in zip(got, res))
+            why = "\n".join(f"{g} {(r.error or '')[:300]}" for g, r in zip(got, res))
+            assert got == [("error", 0.0)] * 9 + [("ok", 1.0)] * 3, why
             assert "Read-only file system" in res[0].error and "Read-only file system" in res[1].error
             assert "unreachable" in res[3].error  # no route anywhere, not even to 127.0.0.1
             assert "No such file" in res[4].error  # the run directory is an empty tmpfs in the sandbox
-            assert "MemoryError" in res[5].error and "File too large" in res[6].error
+            assert "No such file" in res[5].error
+            assert "MemoryError" in res[6].error and "File too large" in res[7].error and "Permission denied" in res[8].error
             assert not outside.exists() and not os.path.exists(repo_file)
             # and the pool still scores after every attack
             assert [r.score for r in pool.run([("math", "#3", {"answer": "3"})] * 4)] == [1.0] * 4
