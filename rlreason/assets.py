@@ -42,8 +42,9 @@ def remove_stale_tmp(folder: Path) -> list[Path]:
     """Remove the temporary files and folders (`.<name>.<pid>.tmp`) that killed writers left in `folder`:
     those whose process no longer runs. A live writer's are kept. Returns what was removed."""
     removed = []
-    for p in Path(folder).glob(".*.tmp") if Path(folder).is_dir() else []:
-        pid = p.name[:-len(".tmp")].rsplit(".", 1)[-1]
+    for p in sorted(Path(folder).glob(".*.tmp*")) if Path(folder).is_dir() else []:
+        # .<name>.<pid>.tmp, or .<name>.tmp-<pid> (warm starts before 2026-12)
+        pid = p.name[:-len(".tmp")].rsplit(".", 1)[-1] if p.name.endswith(".tmp") else p.name.rsplit(".tmp-", 1)[-1]
         if not pid.isdigit() or _alive(int(pid)):
             continue
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)

@@ -24,7 +24,7 @@ UNITS = {
     "learner": ["rlreason.learner"],
     "orchestrator": ["rlreason.orchestrator"],
     "trainer": ["rlreason.trainer"],
-    "entry": ["rlreason.run", "rlreason.run_dir", "rlreason.report", "rlreason.docs"],
+    "entry": ["rlreason.run", "rlreason.run_dir", "rlreason.launch", "rlreason.report", "rlreason.docs"],
 }
 # unit -> the units it may import (besides itself): the layers below it
 ALLOWED = {

@@ -62,7 +62,7 @@ def test_resume_of_a_directory_with_nothing_to_resume_is_an_error(tmp_path, caps
 
 
 def test_no_argument_run_says_what_it_will_do():
-    from rlreason.run import plan_line
+    from rlreason.launch import plan_line
 
     cfg, choices = compose([])
     line = plan_line(cfg, choices, [], None)
@@ -194,11 +194,12 @@ def test_stale_temporary_cache_entries_are_removed_and_live_ones_kept(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
     (tmp_path / f".abc123.{dead}.tmp" / "policy").mkdir(parents=True)  # a warm start killed mid-write
     (tmp_path / f".eval.{dead}.tmp").write_text("{}")
+    (tmp_path / f".old123.tmp-{dead}").mkdir()  # the naming warm starts used before
     live = tmp_path / f".def456.{os.getpid()}.tmp"
     live.mkdir()
     (tmp_path / "abc123").mkdir()  # a finished entry
     removed = remove_stale_tmp(tmp_path)
-    assert sorted(p.name for p in removed) == sorted([f".abc123.{dead}.tmp", f".eval.{dead}.tmp"])
+    assert sorted(p.name for p in removed) == sorted([f".abc123.{dead}.tmp", f".eval.{dead}.tmp", f".old123.tmp-{dead}"])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["abc123", live.name])
 
 
@@ -206,7 +207,7 @@ def test_the_first_ctrl_c_asks_for_a_stop_and_the_second_interrupts_at_once(caps
     import signal
     from types import SimpleNamespace
 
-    from rlreason.run import StopOnInterrupt
+    from rlreason.launch import StopOnInterrupt
 
     trainer = SimpleNamespace(step_in_progress=5, stop_requested=False)
     trainer.request_stop = lambda: setattr(trainer, "stop_requested", True)
