@@ -18,8 +18,12 @@ Nothing a verifier does can stall or crash training.
 
 Batched verifiers get up to ``batch_size`` completions per call; async verifiers get a chunk of
 ``async_concurrency`` completions per worker, awaited together, each with its own timeout.
-`InlineRunner` calls the same code in the calling process with no isolation and no limits, for
-trusted verifiers (``reward.isolation=inline``) and for measuring what the isolation costs.
+With a `rewards.sandbox.Policy` (``reward.isolation=sandbox``, the default) each worker also confines
+itself before importing any verifier: no network, read-only files but a private scratch directory
+(emptied after every call), the run directory hidden, its own unprivileged uid, process and file-size
+limits; a replaced worker takes every process of its uid with it. `InlineRunner` calls the same code
+in the calling process with no isolation and no limits, for trusted verifiers
+(``reward.isolation=inline``) and for measuring what the isolation costs.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import json
 import logging
 import math
 import multiprocessing as mp
+import os
 import resource
 import signal
 import sys
@@ -136,8 +141,6 @@ def execute(loaded, items: list[tuple[str, dict]], timeout_s: float) -> list[tup
 
 
 def _worker_main(conn, sys_path: list[str], memory_limit_mb: int, cpu_limit_s: float, policy) -> None:  # child process
-    import os
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is for the trainer, which stops the pool itself
     sys.path[:] = [os.path.abspath(p) if p else os.getcwd() for p in sys_path]  # the sandbox changes directory
     if memory_limit_mb > 0:
@@ -188,7 +191,6 @@ def _worker_main(conn, sys_path: list[str], memory_limit_mb: int, cpu_limit_s: f
 
 
 def _empty(folder: str) -> None:
-    import os
     import shutil
 
     with os.scandir(folder) as entries:
@@ -245,7 +247,6 @@ class _Worker:
         """Kill whatever the worker started (every process of its sandbox uid) and remove its scratch."""
         if self.policy is None:
             return
-        import os
         import shutil
 
         from rewards.sandbox import kill_uid, privileged, sandbox_uid
