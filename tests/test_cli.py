@@ -204,10 +204,27 @@ def _docs_block(marker: str) -> str:
 
 
 @pytest.mark.integration
+def _check_trackers(run_dir, mlflow_uri, steps):
+    """W&B (offline) and MLflow hold the run's step metrics, equal to metrics.jsonl's."""
+    from mlflow import MlflowClient
+    from test_trackers import wandb_records
+
+    history = {int(h["_step"]): h for h in ({i.key or "/".join(i.nested_key): i.value_json for i in r.history.item}
+                                            for r in wandb_records(run_dir) if r.WhichOneof("record_type") == "history")}
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("rlreason").experiment_id])
+    logged = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "reward/mean")}
+    for m in steps:
+        assert float(history[m["step"]]["reward/mean"]) == pytest.approx(m["reward/mean"])
+        assert logged[m["step"]] == pytest.approx(m["reward/mean"])
+    assert "accuracy/eval" in history[0] and run.data.params["reward.verifiers"]
+
+
 def test_smoke_run_with_the_docs_verifier_example_from_a_module_outside_the_package(tmp_path):
     """docs/verifiers.md's `my_team/verifiers.py` and command, run from a directory outside the checkout:
     a plain function, a class with args, an async and a batched verifier, weighted with `math`. It is also
-    the suite's plain smoke run: every required metric, evaluations, checkpoint, TensorBoard, console."""
+    the suite's plain smoke run: every required metric, evaluations, checkpoint, TensorBoard, console, and
+    W&B (offline) and MLflow (SQLite) holding the same step metrics."""
     import shlex
 
     (tmp_path / "my_team").mkdir()
@@ -215,11 +232,14 @@ def test_smoke_run_with_the_docs_verifier_example_from_a_module_outside_the_pack
     command = shlex.split(_docs_block("command").strip())
     assert command[:2] == ["python", "rlreason/run.py"] and "scale=smoke" in command
     run_dir = tmp_path / "run"
-    proc = run_cli([*command[2:], f"run_dir={run_dir}"], cwd=tmp_path)
+    mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # and the trackers, offline, as a user would turn them on
+    trackers = ["telemetry.wandb=true", "telemetry.wandb_mode=offline", "telemetry.mlflow=true", f"telemetry.mlflow_uri={mlflow_uri}"]
+    proc = run_cli([*command[2:], *trackers, f"run_dir={run_dir}"], cwd=tmp_path, env={"WANDB_SILENT": "true"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     _check_smoke_run(proc, run_dir)
     steps = [m for m in read_metrics(run_dir) if "reward/mean" in m]
     assert [m["step"] for m in steps] == [1, 2]
+    _check_trackers(run_dir, mlflow_uri, steps)
     names = ["math", "my_team.verifiers:brevity", "my_team.verifiers:ShowsWork", "my_team.verifiers:judge",
              "my_team.verifiers:distinct"]
     weights = [1.0, 0.1, 0.2, 0.5, 0.1]

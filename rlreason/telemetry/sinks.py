@@ -1,4 +1,5 @@
-"""Metric sinks: JSONL (one object per step), TensorBoard, and the console.
+"""Metric sinks: JSONL (one object per step), TensorBoard, the console, and the trackers (W&B, MLflow:
+`trackers.py`).
 
 The console sink owns the terminal: one rich line per step with reward, accuracy, tokens/s and ETA.
 """
@@ -136,12 +137,30 @@ class Telemetry:
             s.close()
 
 
-def run_telemetry(telemetry_cfg, run_dir: Path, total_steps: int, start_step: int, resume: bool) -> Telemetry:
+def run_telemetry(cfg, run_dir: Path, start_step: int) -> Telemetry:
     """A run's sinks: metrics.jsonl always (a resumed run keeps the lines through its checkpoint's
-    step), TensorBoard and the console as `telemetry.*` asks."""
-    sinks = [JSONLSink(Path(run_dir) / "metrics.jsonl", keep_through_step=start_step if resume else None)]
-    if telemetry_cfg.tensorboard:
-        sinks.append(TensorBoardSink(Path(run_dir) / "tensorboard"))
-    if telemetry_cfg.console:
-        sinks.append(ConsoleSink(total_steps, start_step))
+    step), TensorBoard, the console, W&B and MLflow as `telemetry.*` asks."""
+    tel, run_dir = cfg.telemetry, Path(run_dir)
+    sinks = [JSONLSink(run_dir / "metrics.jsonl", keep_through_step=start_step if cfg.resume else None)]
+    if tel.tensorboard:
+        sinks.append(TensorBoardSink(run_dir / "tensorboard"))
+    if tel.console:
+        sinks.append(ConsoleSink(cfg.total_steps, start_step))
+    if tel.wandb or tel.mlflow:
+        import dataclasses
+
+        from rlreason.telemetry.trackers import MLflowSink, WandbSink
+
+        config = dataclasses.asdict(cfg)
+        tags = _choices(run_dir)
+        sinks += [sink(tel, config, run_dir, tags) for flag, sink in (("wandb", WandbSink), ("mlflow", MLflowSink))
+                  if getattr(tel, flag)]
     return Telemetry(sinks)
+
+
+def _choices(run_dir: Path) -> dict:
+    """The run's config-group choices (choices.yaml), the trackers' tags."""
+    import yaml
+
+    path = run_dir / "choices.yaml"
+    return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
