@@ -12,9 +12,11 @@ seed left out (the label: the recipe plus whatever else differs between runs), a
   pass@1 and pass@k before and after RL (mean ± std over seeds, then every seed's change with twice
   its binomial std), the change in sampled pass@1 per category, and every pair of labels' difference
   in final greedy and sampled pass@1 with its noise (`pairwise`).
-- ``eval_vs_tokens.png``: eval accuracy against rollout tokens generated, one line per label (the
-  mean over seeds, interpolated onto a common token grid, a marker at every evaluation) with a band
-  from the seeds' min to max.
+- ``eval_vs_tokens.png``: held-out greedy accuracy, sampled pass@1 and pass@k (those present) against
+  rollout tokens generated, one panel each: per label the mean over seeds (each seed's curve
+  interpolated at every seed's evaluations, a marker each) with a mean ± std band, a dashed line at `--target` on the greedy panel, and a y-range
+  fitted to the data. ``eval_by_category.png``: the same per category (sampled pass@1, else greedy),
+  when the evaluations have categories.
 
 Runs that have not finished (no summary.json) are included and marked with a `*` in the n column.
 """
@@ -48,12 +50,15 @@ def load_run(run_dir: Path) -> dict:
     overrides = yaml.safe_load((run_dir / "overrides.yaml").read_text()) if (run_dir / "overrides.yaml").exists() else []
     config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
     choices = yaml.safe_load((run_dir / "choices.yaml").read_text()) if (run_dir / "choices.yaml").exists() else {}
-    evals, tokens, eval_records = [], 0, []
+    evals, tokens, eval_records, curves = [], 0, [], {}
     for r in rows:
         tokens = r.get("rollout/tokens_total", tokens)
         if "accuracy/eval" in r:
             evals.append((tokens if r["step"] > 0 else 0, r["accuracy/eval"]))
             eval_records.append(r)
+            for key, value in r.items():  # greedy, sampled pass@1, pass@k, and each per category
+                if key.startswith("accuracy/eval"):
+                    curves.setdefault(key, []).append((r["step"], tokens if r["step"] > 0 else 0, value))
     steps = [r for r in rows if "timing/step_s" in r]
     return {
         "dir": run_dir,
@@ -62,6 +67,7 @@ def load_run(run_dir: Path) -> dict:
         "seed": (config or {}).get("seed", 0),
         "finished": (run_dir / "summary.json").exists(),
         "evals": evals,
+        "curves": curves,  # eval metric -> [(step, rollout tokens, value)]
         "wall_s": sum(r["timing/step_s"] for r in steps) + sum(r.get("timing/eval_s", 0.0) for r in rows),
         "response_len": statistics.fmean(r["response_length/mean"] for r in steps) if steps else float("nan"),
         "tokens": tokens,
@@ -222,34 +228,98 @@ def pairwise(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(runs: list[dict], path: Path) -> None:
+CURVES = (("accuracy/eval", "greedy"), ("accuracy/eval_sampled", "sampled pass@1"), ("accuracy/eval_pass_at_k", "pass@k"))
+
+
+def _mean_curve(rs: list[dict], key: str):
+    """Mean and std over runs of one eval metric against rollout tokens. Runs evaluate at different token
+    counts (and a token budget ends them at different steps), so each run's curve is interpolated at
+    every token count where any of them evaluated, up to where the shortest ends."""
+    import numpy as np
+
+    curves = [sorted((tok, v) for _, tok, v in r["curves"].get(key, [])) for r in rs]
+    curves = [c for c in curves if c]
+    if not curves:
+        return None
+    end = min(c[-1][0] for c in curves)
+    grid = np.array(sorted({tok for c in curves for tok, _ in c if tok <= end}), dtype=float)
+    vals = np.array([np.interp(grid, [t for t, _ in c], [v for _, v in c]) for c in curves])
+    return grid, vals.mean(0), vals.std(0, ddof=1) if len(curves) > 1 else np.zeros(len(grid))
+
+
+def _panel(ax, runs: list[dict], labels: list[str], key: str, title: str, target: float | None) -> list[float]:
+    """One metric against rollout tokens: per label the mean over seeds at every evaluation of any of
+    them (markers) with a mean ± std band; the values drawn are returned (for the y-range)."""
+    shown = []
+    for i, label in enumerate(labels):
+        rs = [r for r in runs if r["label"] == label and key in r["curves"]]
+        curve = _mean_curve(rs, key) if rs else None
+        if curve is None:
+            continue
+        x, y, sd = curve
+        color = f"C{i % 10}"
+        ax.plot(x, y, "-o", ms=4, color=color, label=f"{label} (n={len(rs)})")
+        if len(rs) > 1:
+            ax.fill_between(x, y - sd, y + sd, color=color, alpha=0.15, lw=0)
+        shown += list(y - sd) + list(y + sd)
+    if target is not None:
+        ax.axhline(target, color="0.3", ls="--", lw=1, label=f"target {target:.2f}")
+        shown.append(target)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    return shown
+
+
+def _y_range(ax, values: list[float]) -> None:
+    """A range that shows the differences: the data's span plus a margin, inside [0, 1]."""
+    if values:
+        lo, hi = min(values), max(values)
+        pad = max(0.02, 0.08 * (hi - lo))
+        ax.set_ylim(max(0.0, lo - pad), min(1.0, hi + pad))
+
+
+def plot(runs: list[dict], path: Path, target: float | None = None) -> list[Path]:
+    """`path` (eval_vs_tokens.png): greedy, sampled pass@1 and pass@k against rollout tokens, one panel
+    each when present; and, when evaluations have categories, `eval_by_category.png` beside it (sampled
+    pass@1, else greedy, per category). Returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
     labels = list(dict.fromkeys(r["label"] for r in runs))
-    for label in labels:
-        rs = [r for r in runs if r["label"] == label and len(r["evals"]) >= 2]
-        if not rs:
-            continue
-        end = min(r["evals"][-1][0] for r in rs)
-        grid = np.linspace(0, end, 50)
-        ys = np.array([np.interp(grid, [t for t, _ in r["evals"]], [a for _, a in r["evals"]]) for r in rs])
-        (line,) = ax.plot(grid, ys.mean(0), label=f"{label} (n={len(rs)})")
-        for r in rs:  # each evaluation as it was measured
-            ax.plot([t for t, _ in r["evals"]], [a for _, a in r["evals"]], "o", ms=3, color=line.get_color(), alpha=0.6)
-        if len(rs) > 1:
-            ax.fill_between(grid, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.15)
-    ax.set_xlabel("rollout tokens generated")
-    ax.set_ylabel("held-out eval accuracy (greedy)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    present = [(k, t) for k, t in CURVES if any(k in r["curves"] for r in runs)]
+    k = next((int(r["after"]["eval/k"]) for r in runs if r.get("after") and "eval/k" in r["after"]), None)
+    fig, axes = plt.subplots(1, len(present), figsize=(4.6 * len(present), 4.2), squeeze=False)
+    for ax, (key, title) in zip(axes[0], present):
+        title = f"pass@{k}" if title == "pass@k" and k else title
+        _y_range(ax, _panel(ax, runs, labels, key, f"held-out {title}", target if key == "accuracy/eval" else None))
+        ax.set_xlabel("rollout tokens generated")
+    axes[0][0].set_ylabel("held-out eval accuracy")
+    axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    written = [path]
+
+    base = "accuracy/eval_sampled/" if any("accuracy/eval_sampled" in r["curves"] for r in runs) else "accuracy/eval/"
+    cats = sorted({key[len(base):] for r in runs for key in r["curves"] if key.startswith(base)})
+    if cats:
+        cols = min(3, len(cats))
+        rows = -(-len(cats) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+        for ax, cat in zip(axes.flat, cats):
+            _y_range(ax, _panel(ax, runs, labels, base + cat, cat, None))
+            ax.set_xlabel("rollout tokens")
+        for ax in list(axes.flat)[len(cats):]:
+            ax.axis("off")
+        axes[0][0].legend(fontsize=7)
+        fig.suptitle(f"held-out {'sampled pass@1' if 'sampled' in base else 'greedy accuracy'} per category", fontsize=11)
+        fig.tight_layout()
+        written.append(path.with_name("eval_by_category.png"))
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -276,9 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     text = markdown(summarise(runs, args.target), args.target) + before_after(runs) + pairwise(runs)
     (out / "report.md").write_text(text)
-    plot(runs, out / "eval_vs_tokens.png")
+    plots = plot(runs, out / "eval_vs_tokens.png", args.target)
     print(text)
-    print(f"wrote {out / 'report.md'} and {out / 'eval_vs_tokens.png'} ({len(runs)} runs)")
+    print(f"wrote {out / 'report.md'}, {', '.join(str(p) for p in plots)} ({len(runs)} runs)")
     return 0
 
 

@@ -40,3 +40,34 @@ def test_difference_with_one_seed_falls_back_to_the_binomial_std():
     d = difference(_runs([0.7], 0.04), _runs([0.6], 0.05), "accuracy/eval_sampled")
     assert d["seed_se"] is None and d["eval_std"] == pytest.approx(0.064031, abs=1e-6) and not d["separated"]
     assert difference(_runs([0.75], 0.04), _runs([0.6], 0.05), "accuracy/eval_sampled")["separated"]  # 0.15 > 0.128
+
+
+def _run(label, points, cats=None):
+    """A loaded run whose greedy eval is `points` [(step, tokens, value)], with optional categories."""
+    curves = {"accuracy/eval": points}
+    for cat, value in (cats or {}).items():
+        curves[f"accuracy/eval/{cat}"] = [(s, t, value) for s, t, _ in points]
+    return {"label": label, "curves": curves, "after": None}
+
+
+def test_mean_curve_interpolates_each_seed_at_every_seeds_evaluations_up_to_the_shortest():
+    from rlreason.report import _mean_curve
+
+    a = _run("grpo", [(0, 0, 0.2), (10, 100, 0.6), (20, 200, 0.8)])
+    b = _run("grpo", [(0, 0, 0.4), (10, 50, 0.5), (14, 150, 0.7)])  # ended sooner (a token budget)
+    x, mean, std = _mean_curve([a, b], "accuracy/eval")
+    assert list(x) == [0, 50, 100, 150]  # both runs' eval points, none past b's end
+    # a at 50: 0.4 (halfway 0.2 -> 0.6); b at 100: 0.6 (halfway 0.5 -> 0.7); at 150 a is 0.7
+    assert mean == pytest.approx([0.3, 0.45, 0.6, 0.7])
+    assert std == pytest.approx([0.1414214, 0.0707107, 0.0, 0.0], abs=1e-6)
+
+
+def test_plot_draws_one_panel_per_metric_and_a_category_figure(tmp_path):
+    from rlreason.report import plot
+
+    runs = [_run("grpo", [(0, 0, 0.2), (10, 100, 0.6)], {"add": 0.5, "sub": 0.1}),
+            _run("tempo", [(0, 0, 0.2), (10, 120, 0.7)], {"add": 0.6, "sub": 0.2})]
+    written = plot(runs, tmp_path / "eval_vs_tokens.png", target=0.65)
+    assert [p.name for p in written] == ["eval_vs_tokens.png", "eval_by_category.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
+    assert plot([_run("grpo", [(0, 0, 0.2), (5, 10, 0.3)])], tmp_path / "g.png") == [tmp_path / "g.png"]  # no categories
