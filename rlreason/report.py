@@ -14,9 +14,9 @@ seed left out (the label: the recipe plus whatever else differs between runs), a
   in final greedy and sampled pass@1 with its noise (`pairwise`).
 - ``eval_vs_tokens.png``: held-out greedy accuracy, sampled pass@1 and pass@k (those present) against
   rollout tokens generated, one panel each: per label the mean over seeds (each seed's curve
-  interpolated at every seed's evaluations, a marker each) with a mean ± std band, a dashed line at `--target` on the greedy panel, and a y-range
-  fitted to the data. ``eval_by_category.png``: the same per category (sampled pass@1, else greedy),
-  when the evaluations have categories.
+  interpolated at every seed's evaluations, a marker each) with a mean ± std band, a dashed line at
+  `--target` on the greedy panel, and a y-range fitted to the data. ``eval_by_category.png``: the same
+  per category (sampled pass@1, else greedy), when the evaluations have categories.
 
 Runs that have not finished (no summary.json) are included and marked with a `*` in the n column.
 """
