@@ -13,6 +13,7 @@ PACKAGES = ("rlreason", "rewards", "curricula")
 UNITS = {
     "core": ["rlreason", "rlreason.registry", "rlreason.batch", "rlreason.evaluation"],
     "algos": ["rlreason.algos"],
+    "lab": ["rlreason.lab"],
     "curricula": ["curricula"],
     "rewards": ["rewards"],
     "data": ["rlreason.data"],
@@ -30,6 +31,7 @@ UNITS = {
 ALLOWED = {
     "core": set(),
     "algos": {"core"},
+    "lab": {"core", "algos"},
     "curricula": {"core", "algos"},
     "rewards": {"core"},
     "data": {"core"},

@@ -85,6 +85,19 @@ def aggregate(values: torch.Tensor, mask: torch.Tensor, mode: str, norm_len: int
     return (LOSS_AGGREGATIONS.get(mode)(mask.double(), norm_len) * values.double()).sum().to(values.dtype)
 
 
+def weighted_policy_loss(policy_loss, logp, old_logp, advantages, mask, weights, eps_low: float, eps_high: float,
+                         is_weights=None, token_weights=None) -> tuple[torch.Tensor, dict]:
+    """The policy-gradient term of the learner's loss: sum_{i,t} w * l * is_w * tw, with l the policy
+    loss per token, w the aggregation weights (`aggregate_weights`), is_w the sampler/learner correction
+    and tw an estimator's token weights (each optional). The learner and the estimator lab share it."""
+    per_token, info = policy_loss(logp, old_logp, advantages, mask, eps_low, eps_high)
+    if is_weights is not None:
+        per_token = per_token * is_weights
+    if token_weights is not None:
+        per_token = per_token * token_weights
+    return (per_token * weights).sum(), info
+
+
 def gspo_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,

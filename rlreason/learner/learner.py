@@ -27,7 +27,7 @@ import torch
 from rlreason.algos import resolve_estimator
 from rlreason.algos.advantages import as_estimate
 from rlreason.algos.kl import kl_k3
-from rlreason.algos.losses import POLICY_LOSSES, aggregate, aggregate_weights
+from rlreason.algos.losses import POLICY_LOSSES, aggregate, aggregate_weights, weighted_policy_loss
 from rlreason.algos.rollout_correction import rollout_correction_weights
 from rlreason.batch import RolloutBatch
 from rlreason.forward import bucketed_response_logprobs, shared_prompt_response_logprobs
@@ -300,11 +300,9 @@ class Learner:
             out = live if live is not None else self._forward(self.model, mb, with_entropy=a.entropy_coef > 0)
             logp = out["logprobs"]
             old_logp = logp.detach() if single else old["logprobs"][local]
-            pg_tok, info = self.policy_loss(logp, old_logp, advantages[local], mb_mask, a.clip_eps_low, a.clip_eps_high)
-            pg_tok = pg_tok * is_weights[local]
-            if token_weights is not None:
-                pg_tok = pg_tok * token_weights[local]
-            pg_loss = (pg_tok * w).sum()
+            pg_loss, info = weighted_policy_loss(self.policy_loss, logp, old_logp, advantages[local], mb_mask, w, a.clip_eps_low,
+                                                 a.clip_eps_high, is_weights[local],
+                                                 token_weights[local] if token_weights is not None else None)
             loss = pg_loss
             kl_loss = torch.zeros((), device=self.device)
             if ref_logp is not None:
