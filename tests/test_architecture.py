@@ -25,13 +25,12 @@ UNITS = {
     "learner": ["rlreason.learner"],
     "orchestrator": ["rlreason.orchestrator"],
     "trainer": ["rlreason.trainer"],
-    "entry": ["rlreason.run", "rlreason.run_dir", "rlreason.launch", "rlreason.report", "rlreason.docs"],
+    "entry": ["rlreason.run", "rlreason.run_dir", "rlreason.launch", "rlreason.report", "rlreason.docs", "rlreason.lab.__main__"],
 }
 # unit -> the units it may import (besides itself): the layers below it
 ALLOWED = {
     "core": set(),
     "algos": {"core"},
-    "lab": {"core", "algos"},
     "curricula": {"core", "algos"},
     "rewards": {"core"},
     "data": {"core"},
@@ -45,6 +44,8 @@ ALLOWED = {
     "trainer": {"core", "algos", "curricula", "rewards", "data", "model", "moe", "rollout", "config", "learner", "telemetry",
                 "orchestrator"},
 }
+# the estimator lab samples with the engines, loads policies and tasks like the trainer: a top layer too
+ALLOWED["lab"] = ALLOWED["trainer"] | {"trainer"}
 ALLOWED["entry"] = set(UNITS) - {"entry"}
 
 
