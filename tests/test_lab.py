@@ -77,6 +77,7 @@ def test_gradient_stats_by_hand():
     # mean (2, 0); deviations (-1,0),(1,0),(0,2),(0,-2): squared norms 1+1+4+4 = 10, over K-1 = 3
     assert s["variance"] == pytest.approx(10 / 3) and s["mean_norm"] == pytest.approx(2.0)
     assert s["bias_norm"] == pytest.approx(1.0) and s["snr"] == pytest.approx(4 / (10 / 3))
+    assert s["bias_noise"] == pytest.approx(math.sqrt(10 / 3 / 4))
     assert s["cosine_of_mean"] == pytest.approx(2 / math.sqrt(5))
     per = [(2 * 1 + 0) / (1 * math.sqrt(5)), 6 / (3 * math.sqrt(5)), (4 + 2) / (math.sqrt(8) * math.sqrt(5)),
            (4 - 2) / (math.sqrt(8) * math.sqrt(5))]

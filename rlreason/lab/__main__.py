@@ -9,6 +9,8 @@ e.g. `thr:algo.thr.p=-0.2`; `module:function` is a user estimator) and each grou
 training batches of --batch-prompts prompts x G responses and reports the gradient's variance, its bias
 and cosine against the arm's own whole-pool gradient, its cosine to GRPO's whole-pool gradient, the
 signal-to-noise ratio, the share of groups and tokens with no signal, and the seconds per gradient.
+The bias is shown with its own Monte-Carlo noise, sqrt(variance / K): a bias near it is consistent with
+none.
 
 Writes lab.md and lab.csv (the exact command in their header), variance_vs_G.png and cosine_vs_G.png
 into --out. Deterministic for --seed. Not modelled: DAPO's dynamic sampling and overlong shaping (the
@@ -29,7 +31,7 @@ from pathlib import Path
 import torch
 
 DEFAULT_ARMS = "grpo,drgrpo,dapo,rloo,tempo,thr,thr:algo.thr.p=-0.2,d3s,tw_grpo"
-COLUMNS = ("arm", "G", "variance", "bias_norm", "relative_bias", "cosine_to_own_full", "cosine_mean_to_own_full",
+COLUMNS = ("arm", "G", "variance", "bias_norm", "bias_noise", "relative_bias", "cosine_to_own_full", "cosine_mean_to_own_full",
            "cosine_to_grpo_full", "snr", "zero_group_frac", "zero_token_frac", "seconds_per_gradient")
 
 
@@ -155,10 +157,11 @@ def write_table(rows: list[dict], out: Path, header: str) -> None:
         w = csv.DictWriter(f, fieldnames=list(COLUMNS), extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    lines = [header, "", "| arm | G | variance | bias | bias / full norm | cos to own full | cos of mean | cos to GRPO full | SNR "
-             "| zero groups | zero tokens | ms/gradient |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [header, "", "| arm | G | variance | bias (± its noise) | bias / full norm | cos to own full | cos of mean "
+             "| cos to GRPO full | SNR | zero groups | zero tokens | ms/gradient |", "|---|" + "---:|" * 11]
     for r in rows:
-        lines.append(f"| {r['arm']} | {r['G']} | {r['variance']:.3g} | {r['bias_norm']:.3g} | {r['relative_bias']:.3f} | "
+        lines.append(f"| {r['arm']} | {r['G']} | {r['variance']:.3g} | {r['bias_norm']:.3g} ± {r['bias_noise']:.2g} | "
+                     f"{r['relative_bias']:.3f} | "
                      f"{r['cosine_to_own_full']:.3f} | "
                      f"{r['cosine_mean_to_own_full']:.3f} | {r['cosine_to_grpo_full']:.3f} | {r['snr']:.3g} | "
                      f"{r['zero_group_frac']:.2f} | {r['zero_token_frac']:.2f} | {1000 * r['seconds_per_gradient']:.1f} |")

@@ -58,7 +58,7 @@ def measure(pool: Pool, J: torch.Tensor, arms: dict, group_sizes: list[int], bat
             own = gradient_stats(g, full)
             vs_grpo = gradient_stats(g, grpo_full)
             rows.append({
-                "arm": name, "G": G, "variance": own["variance"], "bias_norm": own["bias_norm"],
+                "arm": name, "G": G, "variance": own["variance"], "bias_norm": own["bias_norm"], "bias_noise": own["bias_noise"],
                 "cosine_to_own_full": own["cosine_per_batch"], "cosine_mean_to_own_full": own["cosine_of_mean"],
                 "cosine_to_grpo_full": vs_grpo["cosine_per_batch"], "snr": own["snr"], "mean_norm": own["mean_norm"],
                 "full_norm": float(full.norm()), "relative_bias": own["bias_norm"] / max(float(full.norm()), 1e-30),

@@ -4,6 +4,8 @@ Given K subsample gradients g_1..g_K (rows of G [K, D]) and a reference directio
     mean        gbar = 1/K sum_k g_k
     variance    tr Cov(g) ~ 1/(K-1) sum_k ||g_k - gbar||^2          (unbiased trace of the covariance)
     bias        ||gbar - r||                                         (r: e.g. the estimator on the whole pool)
+    noise       sqrt(tr Cov(g) / K): the typical size of gbar's own Monte-Carlo error, so a bias well
+                above it is real and one near it is consistent with none
     cosine      cos(gbar, r), and the mean of cos(g_k, r) (how well one batch points the right way)
     SNR         ||gbar||^2 / tr Cov(g)                               (signal per unit of noise, one batch)
 With a projection (g = P grad, P a JL matrix with E[P^T P] = I) the squared norms, and so the variance,
@@ -32,6 +34,7 @@ def gradient_stats(samples: torch.Tensor, reference: torch.Tensor) -> dict:
     return {
         "variance": var,
         "bias_norm": float((mean - ref).norm()),
+        "bias_noise": (var / k) ** 0.5,
         "mean_norm": float(mean.norm()),
         "cosine_of_mean": float(_cos(mean, ref)),
         "cosine_per_batch": float(_cos(g, ref.expand_as(g)).mean()),
