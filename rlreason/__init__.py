@@ -9,3 +9,13 @@ QUIET_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     "RAY_DEDUP_LOGS": "1",
 }
+
+
+def flat_keys(node, prefix: str = "") -> dict:
+    """A nested dict as {"a.b.c": leaf}; an empty dict is a leaf of its own (so adding its first key shows)."""
+    if isinstance(node, dict) and node:
+        out = {}
+        for k, v in node.items():
+            out.update(flat_keys(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from rlreason.data.tasks import MAX_ROW_BYTES
+
 DTYPES = ("fp32", "bf16")
 MODEL_KINDS = ("tiny_moe", "pretrained", "smollm2", "smollm2_moe")
 TASKS = ("arithmetic", "elementary_math", "gsm8k", "jsonl", "reasoning_gym")
@@ -169,7 +171,7 @@ class TaskConfig:
     # error = stop before training, naming file and row; skip = drop it, report it and count it
     bad_rows: str = "error"
     # a file row longer than this (bytes) is a bad row: one runaway line must not exhaust memory in tokenisation
-    max_row_bytes: int = 1_048_576
+    max_row_bytes: int = MAX_ROW_BYTES
 
     def check(self, cfg) -> None:
         _choice("task.name", self.name, TASKS)

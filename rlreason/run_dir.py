@@ -16,6 +16,8 @@ import json
 import time
 from pathlib import Path
 
+from rlreason import flat_keys
+
 # leaves that a resume may change: the run's length, eval and checkpoint cadence, telemetry, the cluster
 RESUMABLE = ("total_steps", "rollout_token_budget", "eval_every", "eval_sampled", "eval_samples", "eval_cache",
              "checkpoint_every", "keep_checkpoints", "reward.num_workers", "telemetry.", "ray.")
@@ -28,15 +30,6 @@ class ResumeError(Exception):
 
 def resumable(key: str) -> bool:
     return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE)
-
-
-def _leaves(node, prefix: str = "") -> dict:
-    if isinstance(node, dict):
-        out = {}
-        for k, v in node.items():
-            out.update(_leaves(v, f"{prefix}{k}."))
-        return out or {prefix[:-1]: {}}
-    return {prefix[:-1]: node}
 
 
 def resumed_config(run_dir: Path, argv: list[str], groups: tuple[str, ...]):
@@ -70,7 +63,7 @@ def resumed_config(run_dir: Path, argv: list[str], groups: tuple[str, ...]):
                 refused.append(f"{key}={value} (the run used {key}={saved_choices.get(key)})")
             continue
         OmegaConf.update(effective, key, value, merge=True, force_add=ov.is_force_add() or ov.is_add())
-    before, after = _leaves(OmegaConf.to_container(saved)), _leaves(OmegaConf.to_container(effective))
+    before, after = flat_keys(OmegaConf.to_container(saved)), flat_keys(OmegaConf.to_container(effective))
     changed = {k: [before.get(k), after.get(k)] for k in sorted(set(before) | set(after))
                if k not in NOT_COMPARED and before.get(k) != after.get(k)}
     refused += [f"{k}={v[1]} (the run used {v[0]})" for k, v in changed.items() if not resumable(k)]

@@ -19,6 +19,7 @@ from rlreason.data.arithmetic import Problem, make_splits
 
 log = logging.getLogger(__name__)
 MAX_LOGGED_BAD_ROWS = 20
+MAX_ROW_BYTES = 1_048_576  # task.max_row_bytes's default
 
 
 class DataError(ValueError):
@@ -40,7 +41,7 @@ class RowChecker:
     """Builds problems from rows, applying the verifiers' `validate` and the bad-row policy."""
 
     def __init__(self, mode: str = "error", validators: Iterable[Callable] = (), report: list | None = None,
-                 max_row_bytes: int = 1_048_576):
+                 max_row_bytes: int = MAX_ROW_BYTES):
         self.mode, self.validators, self.max_row_bytes = mode, list(validators), max_row_bytes
         self.report = report if report is not None else []
 
@@ -114,7 +115,7 @@ def _capped_lines(f, cap: int):
 def load_task(task_cfg, validators: Iterable[Callable] = (), report: list | None = None) -> tuple[list[Problem], list[Problem]]:
     """(train, eval) problems for `task.name`. `validators` check each file row's sample (the reward
     verifiers' ``validate``); bad rows follow ``task.bad_rows`` and are appended to `report`."""
-    checker = RowChecker(getattr(task_cfg, "bad_rows", "error"), validators, report, getattr(task_cfg, "max_row_bytes", 1_048_576))
+    checker = RowChecker(getattr(task_cfg, "bad_rows", "error"), validators, report, getattr(task_cfg, "max_row_bytes", MAX_ROW_BYTES))
     if task_cfg.name == "arithmetic":
         return make_splits(task_cfg.seed, task_cfg.num_train, task_cfg.num_eval, task_cfg.num_terms, task_cfg.max_value,
                            task_cfg.eval_fraction, list(task_cfg.levels) or None)

@@ -74,6 +74,7 @@ def arm_configs(arms: str, overrides: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from rich.progress import Progress
 
+    from rlreason.algos.advantages import resolve_estimator
     from rlreason.lab.experiment import measure
     from rlreason.lab.pool import load_policy, sample_pool
     from rlreason.lab.token_grads import projected_token_grads
@@ -100,15 +101,16 @@ def main(argv: list[str] | None = None) -> int:
     from rlreason.orchestrator.task_data import load_task_data
     from rlreason.policy import load_tokenizer
 
-    data = load_task_data(cfg.task, RewardPlan.from_config(cfg.reward).validators(), out)
+    plan = RewardPlan.from_config(cfg.reward)
+    data = load_task_data(cfg.task, plan.validators(), out)
     policy = args.policy or str(initial_policy(cfg, out, data.train).path)
     gen = torch.Generator().manual_seed(args.seed)
     problems = [data.train[i] for i in torch.randperm(len(data.train), generator=gen)[:args.prompts].tolist()]
     fmt = PromptFormat(load_tokenizer(policy), cfg.model.chat_template, False)
-    needs = set().union(*(getattr(resolve(a.estimator), "needs", set()) for a in arms.values()))
+    needs = set().union(*(getattr(resolve_estimator(a.estimator), "needs", set()) for a in arms.values()))
     print(f"lab: sampling the pool: {args.prompts} prompts x {args.per_prompt} responses from {policy}", flush=True)
     pool = sample_pool(policy, [fmt(p, None) for p in problems], [p.as_sample() for p in problems], args.per_prompt,
-                       cfg.rollout.max_new_tokens, cfg.rollout.temperature, RewardPlan.from_config(cfg.reward).accuracy.name,
+                       cfg.rollout.max_new_tokens, cfg.rollout.temperature, plan.accuracy.name,
                        args.seed, needs, cache_root() / "lab")
     t_pool = time.perf_counter()
     model = load_policy(policy)
@@ -143,12 +145,6 @@ def _reporter(bar, label: str, total: int):
             print(f"lab: {label}: {done}/{total}", flush=True)
 
     return report
-
-
-def resolve(name: str):
-    from rlreason.algos.advantages import resolve_estimator
-
-    return resolve_estimator(name)
 
 
 def write_table(rows: list[dict], out: Path, header: str) -> None:

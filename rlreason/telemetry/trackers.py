@@ -24,6 +24,8 @@ import math
 import time
 from pathlib import Path
 
+from rlreason import flat_keys
+
 log = logging.getLogger(__name__)
 RUN_DIR_TAG = "rlreason.run_dir"
 
@@ -31,15 +33,6 @@ RUN_DIR_TAG = "rlreason.run_dir"
 def _scalars(metrics: dict) -> dict:
     return {k: float(v) for k, v in metrics.items() if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
             and math.isfinite(v)}
-
-
-def _flatten(node, prefix: str = "") -> dict:
-    if isinstance(node, dict):
-        out = {}
-        for k, v in node.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: node}
 
 
 class WandbSink:
@@ -81,7 +74,7 @@ class MLflowSink:
             run = self.client.create_run(exp_id, run_name=run_dir.name,
                                          tags={RUN_DIR_TAG: str(run_dir), **{k: str(v) for k, v in tags.items() if v}})
             self.run_id = run.info.run_id
-            params = [Param(k, str(v)[: self.MAX_PARAM_LEN]) for k, v in _flatten(config).items()]
+            params = [Param(k, str(v)[: self.MAX_PARAM_LEN]) for k, v in flat_keys(config).items()]
             for i in range(0, len(params), 100):  # MLflow takes at most 100 parameters a call
                 self.client.log_batch(self.run_id, params=params[i:i + 100])
         log.info("MLflow run %s in %s (experiment %s)", self.run_id, uri, tel.mlflow_experiment)
