@@ -128,3 +128,96 @@ def test_lab_help_documents_it(capsys):
     assert done.value.code == 0
     out = capsys.readouterr().out
     assert "--group-sizes" in out and "--arms" in out and "config overrides" in out.lower()
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_projected_token_grads_match_reverse_mode(tiny_policy, rollout, lora):
+    """J[b, t, j] = v_j . grad log pi(o_{b,t}) by forward mode (vmapped blocks of directions, prompts shared
+    by their group) equals the same inner product by reverse mode, one backward pass per token, on the tiny
+    MoE's batch of 3 prompts of different lengths x 4 responses; with LoRA over the adapters only (B made
+    nonzero so that A's gradient is too). The random policy samples the pad token (row 2), whose embedding
+    row reverse mode never updates through the lookup: the lab leaves it out of theta."""
+    from rlreason.config import LoRAConfig
+    from rlreason.forward import response_logprobs
+    from rlreason.lab.pool import differentiable_policy
+    from rlreason.lab.token_grads import directions, embedding_padding_rows, projected_token_grads
+
+    _, batch = rollout
+    model = differentiable_policy(tiny_policy, LoRAConfig(r=2, target_modules="q_proj,v_proj") if lora else None, seed=0)
+    if lora:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.1)
+    params = {k: p for k, p in model.named_parameters() if p.requires_grad}
+    assert all("lora_" in k for k in params) == lora
+    assert bool(embedding_padding_rows(model)) != lora and (batch.response_ids[2] == model.config.pad_token_id).any()
+    dim = 3
+    # memory_mb=0: one direction per block, chunks of one group: the blocking must not change the result
+    J = projected_token_grads(model, batch, dim, seed=5, temperature=0.7, max_rows=4, memory_mb=0)
+    J_wide = projected_token_grads(model, batch, dim, seed=5, temperature=0.7)
+    torch.testing.assert_close(J, J_wide, rtol=1e-4, atol=1e-5)
+
+    V = directions(params, range(dim), 5, dim, embedding_padding_rows(model))
+    lp = response_logprobs(model, batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask, 0.7)["logprobs"]
+    checked = 0
+    for b, t in [(0, 0), (1, 3), (5, 0), (11, 2)] + [(b, int(batch.response_mask[b].sum()) - 1) for b in (2, 7)]:
+        grads = torch.autograd.grad(lp[b, t], list(params.values()), retain_graph=True, allow_unused=True)
+        want = torch.tensor([sum(float((g * V[k][j]).sum()) for k, g in zip(params, grads) if g is not None)
+                            for j in range(dim)])
+        torch.testing.assert_close(J[b, t], want.float(), rtol=1e-3, atol=1e-5)
+        checked += bool(want.abs().max() > 1e-4)
+    assert checked >= 4  # the comparison is not between zeros
+    assert (J[~batch.response_mask.bool()] == 0).all()
+
+
+def test_effective_sample_fraction_and_the_importance_weights_in_the_coefficients():
+    """Kish's ESS by hand, and `algo.tis_mode=token` scales each token's coefficient by min(ratio, cap)."""
+    from rlreason.lab.coefficients import importance_weights
+    from rlreason.lab.stats import effective_sample_fraction
+
+    # weights 1, 1, 2, 0 on 4 tokens (the 5th masked out): (4)^2 / (4 * 6) = 2/3
+    w = torch.tensor([[1.0, 1.0, 2.0], [0.0, 9.0, 1.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    assert effective_sample_fraction(w, mask) == pytest.approx(2 / 3)
+    assert effective_sample_fraction(torch.ones(2, 3), mask) == 1.0
+
+    batch = bandit_batch(torch.tensor([0, 1, 2, 0]))
+    learner_logp = batch.sampling_logprobs + torch.log(torch.tensor([[0.5], [1.0], [3.0], [1.5]]))  # ratios 0.5, 1, 3, 1.5
+    off = surrogate_coefficients(batch, AlgoConfig(estimator="rloo"), learner_logp)
+    tis = surrogate_coefficients(batch, AlgoConfig(estimator="rloo", tis_mode="token", tis_cap=2.0), learner_logp)
+    torch.testing.assert_close(tis, off * torch.tensor([[0.5], [1.0], [2.0], [1.5]]))
+    assert (off != 0).all()
+    torch.testing.assert_close(importance_weights(batch, AlgoConfig(), learner_logp), torch.ones(4, 1))
+
+
+def test_a_lora_checkpoint_is_differentiated_in_its_adapters_and_sampled_merged(tiny_policy, tmp_path):
+    """--policy runs/x/checkpoints/step_N/adapter: theta is the saved adapters (as trained, B != 0), and the
+    folder the engine samples from holds base + adapters merged, with the same log-probs."""
+    from rlreason.config import LoRAConfig
+    from rlreason.forward import response_logprobs
+    from rlreason.lab.pool import adapter_base, differentiable_policy, merged_policy
+    from rlreason.learner.lora import add_lora
+    from rlreason.policy import load_policy, load_tokenizer
+
+    trained = add_lora(load_policy(tiny_policy), LoRAConfig(r=2, target_modules="q_proj,v_proj"))
+    with torch.no_grad():
+        for name, p in trained.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+    trained.save_pretrained(tmp_path / "adapter")
+    load_tokenizer(tiny_policy).save_pretrained(tmp_path / "adapter")
+    assert adapter_base(str(tmp_path / "adapter")) == tiny_policy and adapter_base(tiny_policy) is None
+
+    model = differentiable_policy(str(tmp_path / "adapter"))
+    got = {k: p for k, p in model.named_parameters() if p.requires_grad}
+    want = {k: p for k, p in trained.named_parameters() if p.requires_grad}
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+    merged = load_policy(merged_policy(str(tmp_path / "adapter"), tmp_path / "cache"))
+    ids = torch.tensor([[5, 9, 12, 7, 3, 11]])
+    one = torch.ones_like(ids[:, :3])
+    a = response_logprobs(model, ids[:, :3], one, ids[:, 3:], one)["logprobs"]
+    b = response_logprobs(merged, ids[:, :3], one, ids[:, 3:], one)["logprobs"]
+    base = response_logprobs(load_policy(tiny_policy), ids[:, :3], one, ids[:, 3:], one)["logprobs"]
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert (a - base).abs().max() > 1e-3  # the adapters matter

@@ -2,20 +2,25 @@
 policy gradient, on one frozen pool of rollouts.
 
 Samples N prompts x M responses once from the policy (the run config's initial policy: the warm start
-for the tiny MoE, SmolLM2 with model=smollm2; or --policy FOLDER, e.g. a checkpoint's policy/), scores
+for the tiny MoE, SmolLM2 with model=smollm2; or --policy FOLDER, a checkpoint's policy/ or, for a LoRA
+run, its adapter/), scores
 them, and computes every sampled token's projected log-prob gradient. Then, for each arm (an algo
 group: grpo, drgrpo, dapo, rloo, tempo, thr, d3s, tw_grpo, ...; `name:key=value,...` adds overrides,
 e.g. `thr:algo.thr.p=-0.2`; `module:function` is a user estimator) and each group size G, draws K
 training batches of --batch-prompts prompts x G responses and reports the gradient's variance, its bias
 and cosine against the arm's own whole-pool gradient, its cosine to GRPO's whole-pool gradient, the
-signal-to-noise ratio, the share of groups and tokens with no signal, and the seconds per gradient.
+signal-to-noise ratio, the share of groups and tokens with no signal, the effective sample fraction of
+the importance weights the arm's loss applies (`algo.tis_mode`: `grpo:algo.tis_mode=token`), and the
+seconds per gradient.
 The bias is shown with its own Monte-Carlo noise, sqrt(variance / K): a bias near it is consistent with
 none.
 
 Writes lab.md and lab.csv (the exact command in their header), variance_vs_G.png and cosine_vs_G.png
-into --out. Deterministic for --seed. Not modelled: DAPO's dynamic sampling and overlong shaping (the
-pool is one sample of the policy; a zero-variance group carries no gradient either way), and the
-sampler/learner importance correction (the pool is sampled by the policy it differentiates).
+into --out. Deterministic for --seed. The pool is sampled by the configured `rollout.engine` (hf or
+vllm), so the sampler/learner mismatch the importance weights correct is the engine's real one.
+theta is what the learner trains: every parameter, or with model.lora.r > 0 (model=smollm2) the LoRA
+adapters at their initialisation. Not modelled: DAPO's dynamic sampling and overlong shaping (the pool
+is one sample of the policy; a zero-variance group carries no gradient either way).
 """
 
 from __future__ import annotations
@@ -32,13 +37,14 @@ import torch
 
 DEFAULT_ARMS = "grpo,drgrpo,dapo,rloo,tempo,thr,thr:algo.thr.p=-0.2,d3s,tw_grpo"
 COLUMNS = ("arm", "G", "variance", "bias_norm", "bias_noise", "relative_bias", "cosine_to_own_full", "cosine_mean_to_own_full",
-           "cosine_to_grpo_full", "snr", "zero_group_frac", "zero_token_frac", "seconds_per_gradient")
+           "cosine_to_grpo_full", "snr", "zero_group_frac", "zero_token_frac", "ess_frac", "seconds_per_gradient")
 
 
 def parse(argv: list[str]):
     ap = argparse.ArgumentParser(prog="python -m rlreason.lab", description=__doc__.split("\n\n")[0],
                                  epilog="Config overrides (model=..., task=..., rollout.temperature=..., key=value) follow the options.")
-    ap.add_argument("--policy", default=None, help="an HF folder (default: the config's initial policy)")
+    ap.add_argument("--policy", default=None, help="an HF folder, e.g. a checkpoint's policy/, or a LoRA run's adapter/ "
+                                                   "(default: the config's initial policy)")
     ap.add_argument("--prompts", type=int, default=16, help="N: prompts in the pool")
     ap.add_argument("--per-prompt", type=int, default=64, help="M: responses sampled per prompt")
     ap.add_argument("--group-sizes", default="2,4,8,16", help="the G values, each <= M")
@@ -76,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from rlreason.algos.advantages import resolve_estimator
     from rlreason.lab.experiment import measure
-    from rlreason.lab.pool import load_policy, sample_pool
+    from rlreason.lab.pool import adapter_base, differentiable_policy, merged_policy, sample_pool
     from rlreason.lab.token_grads import projected_token_grads
     from rlreason.run import UserError, compose
 
@@ -106,25 +112,26 @@ def main(argv: list[str] | None = None) -> int:
     policy = args.policy or str(initial_policy(cfg, out, data.train).path)
     gen = torch.Generator().manual_seed(args.seed)
     problems = [data.train[i] for i in torch.randperm(len(data.train), generator=gen)[:args.prompts].tolist()]
-    fmt = PromptFormat(load_tokenizer(policy), cfg.model.chat_template, False)
+    sampler = merged_policy(policy, cache_root() / "lab") if adapter_base(policy) else policy  # a LoRA checkpoint's adapter/
+    fmt = PromptFormat(load_tokenizer(sampler), cfg.model.chat_template, False)
     needs = set().union(*(getattr(resolve_estimator(a.estimator), "needs", set()) for a in arms.values()))
     print(f"lab: sampling the pool: {args.prompts} prompts x {args.per_prompt} responses from {policy}", flush=True)
-    pool = sample_pool(policy, [fmt(p, None) for p in problems], [p.as_sample() for p in problems], args.per_prompt,
-                       cfg.rollout.max_new_tokens, cfg.rollout.temperature, plan.accuracy.name,
-                       args.seed, needs, cache_root() / "lab")
+    pool = sample_pool(sampler, [fmt(p, None) for p in problems], [p.as_sample() for p in problems], args.per_prompt,
+                       cfg.rollout, plan.accuracy.name, args.seed, needs, cache_root() / "lab")
     t_pool = time.perf_counter()
-    model = load_policy(policy)
+    model = differentiable_policy(policy, cfg.model.lora, args.seed)
     with Progress(disable=not sys.stdout.isatty()) as bar:  # a bar on a terminal; a line per tenth in a log
         J = projected_token_grads(model, pool.batch, args.dim, args.seed, cfg.rollout.temperature,
-                                  progress=_reporter(bar, f"token gradients ({args.dim} projected dims)", args.dim))
+                                  progress=_reporter(bar, f"token gradients ({args.dim} projected dims)"))
         t_grads = time.perf_counter()
         norm_len = cfg.algo.loss_norm_len or cfg.rollout.max_new_tokens
         rows = measure(pool, J, arms, args.group_sizes, args.batch_prompts, args.subsamples, args.seed, norm_len,
                        arm_configs("grpo", args.overrides)["grpo"],
-                       progress=_reporter(bar, "arms x group sizes", len(arms) * len(args.group_sizes)))
+                       progress=_reporter(bar, "arms x group sizes"))
     timing = {"pool_s": t_pool - t_start, "token_grads_s": t_grads - t_pool, "measure_s": time.perf_counter() - t_grads}
     header = (f"`{command}`\n\npool: {args.prompts} prompts x {args.per_prompt} responses, mean reward "
-              f"{float(pool.batch.rewards.mean()):.3f}, policy {policy}; token gradients projected to {args.dim} dims; "
+              f"{float(pool.batch.rewards.mean()):.3f}, policy {policy}, sampled by {cfg.rollout.engine} "
+              f"({mismatch_line(pool)}); theta: {theta_line(model)}, projected to {args.dim} dims; "
               f"{args.subsamples} batches of {args.batch_prompts} prompts x G per arm and G; "
               + ", ".join(f"{k} {v:.0f} s" for k, v in timing.items()))
     write_table(rows, out, header)
@@ -134,17 +141,33 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _reporter(bar, label: str, total: int):
+def _reporter(bar, label: str):
     """progress(done, total): the rich bar on a terminal, else a printed line at each tenth."""
-    task = bar.add_task(label, total=total)
-    step = max(1, total // 10)
+    task = bar.add_task(label, total=None)
 
-    def report(done: int, _total: int) -> None:
-        bar.update(task, completed=done)
-        if bar.disable and (done % step == 0 or done == total):
+    def report(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
+        if bar.disable and (done % max(1, total // 10) == 0 or done == total):
             print(f"lab: {label}: {done}/{total}", flush=True)
 
     return report
+
+
+def mismatch_line(pool) -> str:
+    """How far the sampler's token log-probs are from the policy's: mean |log ratio| and the raw ratio's
+    effective sample fraction over all the pool's tokens (what `algo.tis_mode` would correct)."""
+    from rlreason.lab.stats import effective_sample_fraction
+
+    mask = pool.batch.response_mask.bool()
+    log_ratio = (pool.logprobs - pool.batch.sampling_logprobs)[mask]
+    ess = effective_sample_fraction(log_ratio.double().exp(), torch.ones_like(log_ratio))
+    return f"sampler/learner mean |log ratio| {float(log_ratio.abs().mean()):.2g}, raw ratio ESS {ess:.4f}"
+
+
+def theta_line(model) -> str:
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    lora = any("lora_" in k for k, p in model.named_parameters() if p.requires_grad)
+    return f"{n / 1e6:.2f} M {'LoRA adapter parameters' if lora else 'parameters'}"
 
 
 def write_table(rows: list[dict], out: Path, header: str) -> None:
@@ -154,13 +177,14 @@ def write_table(rows: list[dict], out: Path, header: str) -> None:
         w.writeheader()
         w.writerows(rows)
     lines = [header, "", "| arm | G | variance | bias (± its noise) | bias / full norm | cos to own full | cos of mean "
-             "| cos to GRPO full | SNR | zero groups | zero tokens | ms/gradient |", "|---|" + "---:|" * 11]
+             "| cos to GRPO full | SNR | zero groups | zero tokens | IS ESS | ms/gradient |", "|---|" + "---:|" * 12]
     for r in rows:
         lines.append(f"| {r['arm']} | {r['G']} | {r['variance']:.3g} | {r['bias_norm']:.3g} ± {r['bias_noise']:.2g} | "
                      f"{r['relative_bias']:.3f} | "
                      f"{r['cosine_to_own_full']:.3f} | "
                      f"{r['cosine_mean_to_own_full']:.3f} | {r['cosine_to_grpo_full']:.3f} | {r['snr']:.3g} | "
-                     f"{r['zero_group_frac']:.2f} | {r['zero_token_frac']:.2f} | {1000 * r['seconds_per_gradient']:.1f} |")
+                     f"{r['zero_group_frac']:.2f} | {r['zero_token_frac']:.2f} | {r['ess_frac']:.3f} | "
+                     f"{1000 * r['seconds_per_gradient']:.1f} |")
     (out / "lab.md").write_text("\n".join(lines) + "\n")
 
 

@@ -8,8 +8,10 @@ aggregation) is a function of the token log-probs alone, so
 
 `surrogate_coefficients` gets c by differentiating the real loss with respect to the log-prob tensor:
 no model, no parameters, and no second implementation of any estimator or aggregation. The ascent
-direction (what the optimizer follows) is -grad L. The importance correction between sampler and
-learner (`algo.tis_mode`) is left out: the lab's pool is sampled by the policy it differentiates.
+direction (what the optimizer follows) is -grad L. The sampler/learner importance correction
+(`algo.tis_mode`) enters as in the learner: detached weights from the pool's sampling log-probs (the
+engine's) and the policy's teacher-forced ones. With the hf engine in fp32 they agree to float noise
+and every weight is 1; with vLLM, or bf16 rollouts, they do not.
 """
 
 from __future__ import annotations
@@ -18,6 +20,13 @@ import torch
 
 from rlreason.algos.advantages import as_estimate, resolve_estimator
 from rlreason.algos.losses import POLICY_LOSSES, aggregate_weights, weighted_policy_loss
+from rlreason.algos.rollout_correction import rollout_correction_weights
+
+
+def importance_weights(batch, algo_cfg, logprobs: torch.Tensor) -> torch.Tensor:
+    """The learner's detached sampler/learner correction [B, T] for `algo_cfg.tis_mode` (mask when off)."""
+    return rollout_correction_weights(logprobs, batch.sampling_logprobs, batch.response_mask.float(), algo_cfg.tis_mode,
+                                      algo_cfg.tis_cap)
 
 
 def surrogate_coefficients(batch, algo_cfg, logprobs: torch.Tensor, norm_len: int | None = None, progress: float = 0.0,
@@ -33,7 +42,8 @@ def surrogate_coefficients(batch, algo_cfg, logprobs: torch.Tensor, norm_len: in
     mask = resp_mask if est.loss_mask is None else est.loss_mask.float() * resp_mask
     weights = aggregate_weights(mask, algo_cfg.loss_agg, norm_len)
     loss, _ = weighted_policy_loss(POLICY_LOSSES.get(algo_cfg.policy_loss), lp, lp.detach(), est.advantages * mask, mask, weights,
-                                   algo_cfg.clip_eps_low, algo_cfg.clip_eps_high, None, est.token_weights)
+                                   algo_cfg.clip_eps_low, algo_cfg.clip_eps_high, importance_weights(batch, algo_cfg, lp.detach()),
+                                   est.token_weights)
     (grad,) = torch.autograd.grad(loss, lp, allow_unused=True)
     return torch.zeros_like(lp) if grad is None else grad.detach()
 

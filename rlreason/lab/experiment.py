@@ -15,9 +15,9 @@ import time
 
 import torch
 
-from rlreason.lab.coefficients import batch_gradient, surrogate_coefficients
+from rlreason.lab.coefficients import batch_gradient, importance_weights, surrogate_coefficients
 from rlreason.lab.pool import Pool
-from rlreason.lab.stats import gradient_stats, zero_advantage_fractions
+from rlreason.lab.stats import effective_sample_fraction, gradient_stats, zero_advantage_fractions
 
 
 def pool_gradient(pool: Pool, J: torch.Tensor, algo_cfg, norm_len: int,
@@ -39,20 +39,23 @@ def subsample(pool: Pool, batch_prompts: int, G: int, gen: torch.Generator) -> t
 
 def measure(pool: Pool, J: torch.Tensor, arms: dict, group_sizes: list[int], batch_prompts: int, subsamples: int, seed: int,
             norm_len: int, grpo_cfg, progress=None) -> list[dict]:
-    """One row per (arm, G): variance, bias, cosines, SNR, zero-signal shares and seconds per gradient."""
+    """One row per (arm, G): variance, bias, cosines, SNR, zero-signal shares, the importance weights'
+    effective sample fraction and seconds per gradient."""
     grpo_full, _ = pool_gradient(pool, J, grpo_cfg, norm_len)
     rows, done, total = [], 0, len(arms) * len(group_sizes)
     for name, algo_cfg in arms.items():
         full, _ = pool_gradient(pool, J, algo_cfg, norm_len)
         for G in group_sizes:
             gen = torch.Generator().manual_seed(seed * 7919 + G)
-            grads, zeros = [], []
+            grads, zeros, ess = [], [], []
             t0 = time.perf_counter()
             for _ in range(subsamples):
                 idx = subsample(pool, batch_prompts, G, gen)
                 g, c = pool_gradient(pool, J, algo_cfg, norm_len, idx)
                 grads.append(g)
                 zeros.append(zero_advantage_fractions(c, pool.batch.response_mask[idx], pool.batch.group_index[idx]))
+                sub = pool.batch.select(idx)
+                ess.append(effective_sample_fraction(importance_weights(sub, algo_cfg, pool.logprobs[idx]), sub.response_mask))
             seconds = (time.perf_counter() - t0) / subsamples
             g = torch.stack(grads)
             own = gradient_stats(g, full)
@@ -64,6 +67,7 @@ def measure(pool: Pool, J: torch.Tensor, arms: dict, group_sizes: list[int], bat
                 "full_norm": float(full.norm()), "relative_bias": own["bias_norm"] / max(float(full.norm()), 1e-30),
                 "zero_group_frac": sum(z["zero_group_frac"] for z in zeros) / len(zeros),
                 "zero_token_frac": sum(z["zero_token_frac"] for z in zeros) / len(zeros),
+                "ess_frac": sum(ess) / len(ess),
                 "seconds_per_gradient": seconds,
             })
             done += 1

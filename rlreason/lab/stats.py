@@ -8,6 +8,8 @@ Given K subsample gradients g_1..g_K (rows of G [K, D]) and a reference directio
                 above it is real and one near it is consistent with none
     cosine      cos(gbar, r), and the mean of cos(g_k, r) (how well one batch points the right way)
     SNR         ||gbar||^2 / tr Cov(g)                               (signal per unit of noise, one batch)
+    ESS         (sum w)^2 / (n sum w^2) over a batch's n response tokens, w the importance weights the
+                loss applies (Kish's effective sample size, as a share of n: 1 when all weights are equal)
 With a projection (g = P grad, P a JL matrix with E[P^T P] = I) the squared norms, and so the variance,
 bias and SNR, are unbiased for the full gradient's; cosines are preserved up to O(1/sqrt(dim)).
 """
@@ -49,3 +51,11 @@ def zero_advantage_fractions(coefficients: torch.Tensor, response_mask: torch.Te
     dead_groups = sum(bool(~live_tok[group_index == gi].any()) for gi in groups)
     return {"zero_group_frac": dead_groups / max(len(groups), 1),
             "zero_token_frac": float(1 - live_tok.sum() / response_mask.sum().clamp(min=1))}
+
+
+def effective_sample_fraction(weights: torch.Tensor, mask: torch.Tensor) -> float:
+    """Kish's effective sample size of the token weights under `mask`, as a share of the token count."""
+    w = weights.double()[mask.bool()]
+    if w.numel() == 0 or float((w * w).sum()) == 0:
+        return 0.0
+    return float(w.sum() ** 2 / (w.numel() * (w * w).sum()))
