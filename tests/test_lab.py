@@ -95,19 +95,27 @@ def test_coefficients_are_the_loss_derivative_and_zero_for_a_flat_group():
     assert zero_advantage_fractions(c0, flat.response_mask, flat.group_index) == {"zero_group_frac": 1.0, "zero_token_frac": 1.0}
 
 
-def test_lab_command_writes_the_table_and_plots_and_repeats_itself(tmp_path, capsys):
+def test_lab_command_writes_the_table_and_plots_and_repeats_itself(tmp_path, capsys, monkeypatch):
     """`python -m rlreason.lab` on the smoke warm start (in-process): every arm and G has a row with finite
     figures, the command heads the table, the plots exist, and a second run with the same seed gives the
-    same numbers."""
+    same numbers, without computing the token gradients again."""
     import csv
 
     from rlreason.lab.__main__ import main
 
     args = ["--prompts", "4", "--per-prompt", "8", "--group-sizes", "2,4", "--batch-prompts", "2", "--subsamples", "6",
             "--dim", "4", "--arms", "grpo,d3s,thr:algo.thr.p=-0.2", "scale=smoke"]
+    import rlreason.lab.token_grads as token_grads
+
+    computed = []
+    real = token_grads.projected_token_grads
+    monkeypatch.setattr(token_grads, "projected_token_grads", lambda *a, **k: computed.append(1) or real(*a, **k))
     tables = []
     for run in ("a", "b"):
+        before = len(computed)
         assert main([*args, "--out", str(tmp_path / run)]) == 0
+        if run == "b":
+            assert len(computed) == before  # the same pool, theta, dim and seed: token gradients from the cache
         lines = (tmp_path / run / "lab.csv").read_text().splitlines()
         assert lines[0].startswith("# `python -m rlreason.lab --prompts 4")
         tables.append(list(csv.DictReader(lines[1:])))

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     from rlreason.algos.advantages import resolve_estimator
     from rlreason.lab.experiment import measure
     from rlreason.lab.pool import adapter_base, differentiable_policy, merged_policy, sample_pool
-    from rlreason.lab.token_grads import projected_token_grads
+    from rlreason.lab.token_grads import cached_token_grads
     from rlreason.run import UserError, compose
 
     argv = sys.argv[1:] if argv is None else argv
@@ -121,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     t_pool = time.perf_counter()
     model = differentiable_policy(policy, cfg.model.lora, args.seed)
     with Progress(disable=not sys.stdout.isatty()) as bar:  # a bar on a terminal; a line per tenth in a log
-        J = projected_token_grads(model, pool.batch, args.dim, args.seed, cfg.rollout.temperature,
-                                  progress=_reporter(bar, f"token gradients ({args.dim} projected dims)"))
+        J = cached_token_grads(cache_root() / "lab", pool, model, args.dim, args.seed, cfg.rollout.temperature,
+                               progress=_reporter(bar, f"token gradients ({args.dim} projected dims)"))
         t_grads = time.perf_counter()
         norm_len = cfg.algo.loss_norm_len or cfg.rollout.max_new_tokens
         rows = measure(pool, J, arms, args.group_sizes, args.batch_prompts, args.subsamples, args.seed, norm_len,

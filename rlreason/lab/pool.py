@@ -30,6 +30,7 @@ class Pool:
     logprobs: torch.Tensor  # [B, T] the policy's log-probs of the sampled tokens (teacher-forced)
     num_prompts: int
     per_prompt: int
+    key: str = ""  # its cache key (what the token gradients computed on it are cached under)
 
 
 def pool_key(policy_path: str, prompts: list[str], settings: dict) -> str:
@@ -48,10 +49,13 @@ def sample_pool(policy_path: str, prompts: list[str], samples: list[dict], per_p
     r = rollout_cfg
     settings = {"per_prompt": per_prompt, "max_new": r.max_new_tokens, "temperature": r.temperature, "top_p": r.top_p,
                 "engine": r.engine, "dtype": r.dtype, "verifier": verifier, "seed": seed, "needs": sorted(needs)}
-    path = Path(cache_dir) / f"{pool_key(policy_path, prompts, settings)}.pt" if cache_dir else None
+    key = pool_key(policy_path, prompts, settings)
+    path = Path(cache_dir) / f"{key}.pt" if cache_dir else None
     if path is not None and path.exists():
         log.info("lab: frozen pool read from %s", path)
-        return torch.load(path, weights_only=False)
+        pool = torch.load(path, weights_only=False)
+        pool.key = key
+        return pool
     from rewards.pool import Job, VerifierPool
     from rewards.sandbox import Policy
     from rlreason.rollout.worker import RolloutWorker
@@ -66,7 +70,7 @@ def sample_pool(policy_path: str, prompts: list[str], samples: list[dict], per_p
     batch.rewards = torch.tensor([r.score for r in scores], dtype=torch.float32)
     batch.correct = batch.rewards.clone()
     logprobs, extra = teacher_forced(policy_path, batch, needs, r.temperature)
-    out = Pool(batch, extra, logprobs, len(prompts), per_prompt)
+    out = Pool(batch, extra, logprobs, len(prompts), per_prompt, key)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(out, path)

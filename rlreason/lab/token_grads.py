@@ -17,6 +17,10 @@ is forwarded once for its group, its KV cache (with its tangents) shared by the 
 
 from __future__ import annotations
 
+import hashlib
+import os
+from pathlib import Path
+
 import torch
 from torch.func import functional_call, jvp, vmap
 
@@ -110,3 +114,28 @@ def projected_token_grads(model, batch: RolloutBatch, dim: int, seed: int, tempe
             if progress is not None:
                 progress(done, total)
     return out
+
+
+def theta_fingerprint(model) -> str:
+    """A digest of theta (names, shapes and value sums of the trainable parameters): cached token
+    gradients are reused only for the same theta."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            v = p.detach().double()
+            h.update(f"{name}{tuple(p.shape)}{float(v.sum()):.10e}{float(v.abs().sum()):.10e}".encode())
+    return h.hexdigest()[:12]
+
+
+def cached_token_grads(cache_dir, pool, model, dim: int, seed: int, temperature: float, progress=None) -> torch.Tensor:
+    """`projected_token_grads` of the pool, read from `cache_dir` when this pool, theta, dim, seed and
+    temperature were computed before (a re-run with other arms or group sizes then skips the long part)."""
+    path = Path(cache_dir) / f"{pool.key}-J{dim}-s{seed}-t{temperature:g}-{theta_fingerprint(model)}.pt" if pool.key else None
+    if path is not None and path.exists():
+        return torch.load(path)
+    J = projected_token_grads(model, pool.batch, dim, seed, temperature, progress=progress)
+    if path is not None:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(J, tmp)
+        tmp.replace(path)
+    return J
