@@ -1,6 +1,9 @@
-"""MoE routing replay and router regularisers on the default task: none vs R2 vs R3 vs z-loss vs anchoring.
+"""MoE routing methods on the default task, side by side: `--set replay` compares none, R2, R3, z-loss
+and anchoring; `--set balance` compares none, the global load-balancing loss, aux-loss-free bias
+balancing, the ERC loss and selective Sinkhorn routing.
 
     .venv/bin/python benchmarks/moe_replay.py --out benchmarks/results/moe [--seeds 0 1 2] [--steps 80]
+    .venv/bin/python benchmarks/moe_replay.py --set balance --out benchmarks/results/moe_balance
     .venv/bin/python benchmarks/moe_replay.py --out benchmarks/results/moe --summarise-only
 
 Every arm is GRPO on the default tiny Qwen3-MoE with the same warm start per seed, under two conditions
@@ -24,13 +27,26 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMON = ["rollout.dtype=bf16", "learner.mini_batches=4", "telemetry.tensorboard=false", "telemetry.console=false"]
-ARMS = {  # sweep subdirectory -> overrides (seed is added)
-    "replay": ["recipe=grpo,moe_r2,moe_r3"],
-    "zloss": ["recipe=grpo", "moe.z_coef=0.001"],
-    "anchor": ["recipe=grpo", "moe.anchor_coef=1.0"],
+ARM_SETS = {  # set -> sweep subdirectory -> overrides (seed is added)
+    "replay": {
+        "replay": ["recipe=grpo,moe_r2,moe_r3"],
+        "zloss": ["recipe=grpo", "moe.z_coef=0.001"],
+        "anchor": ["recipe=grpo", "moe.anchor_coef=1.0"],
+    },
+    "balance": {
+        "methods": ["recipe=grpo", "moe=none,aux_free,erc,sinkhorn"],
+        "lbl": ["recipe=grpo", "moe.lb_coef=0.01", "moe.lb_scope=global"],
+        "sinkhorn_every_step": ["recipe=grpo", "moe=sinkhorn", "moe.sinkhorn_prob=1"],
+    },
 }
+LABELS = {"recipe=grpo": "none", "recipe=moe_r2": "R2", "recipe=moe_r3": "R3", "moe=none": "none", "moe=aux_free": "aux-free",
+          "moe=erc": "ERC 1e-2", "moe=sinkhorn": "Sinkhorn p=0.1", "zloss": "z-loss 1e-3", "anchor": "anchoring 1.0",
+          "lbl": "global LBL 1e-2", "sinkhorn_every_step": "Sinkhorn p=1"}
+ORDER = ["none", "R2", "R3", "z-loss 1e-3", "anchoring 1.0", "global LBL 1e-2", "aux-free", "ERC 1e-2", "Sinkhorn p=0.1",
+         "Sinkhorn p=1"]
 COLUMNS = [  # metric, header, format
     ("kl/rollout_vs_train", "KL(rollout, train)", "{:.2e}"),
+    ("moe/load/max_over_mean", "load max/mean", "{:.3f}"),
     ("kl/rollout_ratio_gt2_frac", "F(2)", "{:.4f}"),
     ("moe/rollout_vs_live/mismatch_rate", "rollout vs live routes", "{:.4f}"),
     ("moe/rollout_vs_used/mismatch_rate", "rollout vs used routes", "{:.4f}"),
@@ -40,8 +56,8 @@ COLUMNS = [  # metric, header, format
 ]
 
 
-def run_sweeps(out: Path, seeds: list[int], steps: int) -> None:
-    for sub, overrides in ARMS.items():
+def run_sweeps(out: Path, arms: dict, seeds: list[int], steps: int) -> None:
+    for sub, overrides in arms.items():
         cmd = [sys.executable, str(ROOT / "rlreason" / "run.py"), "-m", *overrides, f"seed={','.join(map(str, seeds))}",
                f"total_steps={steps}", f"eval_every={max(steps // 4, 1)}", f"checkpoint_every={steps}", *COMMON,
                f"sweep_dir={out / sub}"]
@@ -50,11 +66,10 @@ def run_sweeps(out: Path, seeds: list[int], steps: int) -> None:
 
 
 def arm_label(run_dir: Path) -> str:
-    group = run_dir.parent.name
-    if group == "replay":  # jobs are named recipe=<r>,seed=<s>
-        recipe = run_dir.name.split(",")[0]
-        return {"recipe=grpo": "none", "recipe=moe_r2": "R2", "recipe=moe_r3": "R3"}.get(recipe, recipe)
-    return {"zloss": "z-loss 1e-3", "anchor": "anchoring 1.0"}.get(group, group)
+    """A multirun job is named by what it sweeps (`recipe=<r>,seed=<s>` or `moe=<m>,seed=<s>`); a job of a
+    seed-only sweep by its sweep's subdirectory."""
+    first = run_dir.name.split(",")[0]
+    return LABELS.get(first, LABELS.get(run_dir.parent.name, first if not first.startswith("seed=") else run_dir.parent.name))
 
 
 def summarise(out: Path) -> str:
@@ -79,8 +94,7 @@ def summarise(out: Path) -> str:
 
     head = ["arm", "n", "final eval acc"] + [h for _, h, _ in COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    order = ["none", "R2", "R3", "z-loss 1e-3", "anchoring 1.0"]
-    for arm in order + sorted(set(arms) - set(order)):
+    for arm in [a for a in ORDER if a in arms] + sorted(set(arms) - set(ORDER)):
         runs = arms.get(arm)
         if not runs:
             continue
@@ -95,13 +109,14 @@ def summarise(out: Path) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--set", choices=sorted(ARM_SETS), default="replay", dest="arm_set")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "moe")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=80)
     ap.add_argument("--summarise-only", action="store_true")
     args = ap.parse_args()
     if not args.summarise_only:
-        run_sweeps(args.out, args.seeds, args.steps)
+        run_sweeps(args.out, ARM_SETS[args.arm_set], args.seeds, args.steps)
     table = summarise(args.out)
     (args.out / "moe_table.md").write_text(table + "\n")
     print(table)

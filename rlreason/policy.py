@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-MOE_ARCHS = ("qwen3_moe", "qwen2_moe", "mixtral", "olmoe")
+MOE_ARCHS = ("qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "deepseek_v3")
 
 
 def tiny_moe_config(model_cfg, vocab_size: int, pad_id: int, bos_id: int, eos_id: int):
@@ -56,6 +56,14 @@ def tiny_moe_config(model_cfg, vocab_size: int, pad_id: int, bos_id: int, eos_id
     if arch == "olmoe":  # QK-norm attention; top-k not renormalised
         return transformers.OlmoeConfig(
             **common, intermediate_size=m.moe_intermediate_size, num_experts=m.num_experts, norm_topk_prob=False,
+        )
+    if arch == "deepseek_v3":  # MLA attention, a shared expert, sigmoid routing with e_score_correction_bias
+        head = m.hidden_size // m.num_heads
+        return transformers.DeepseekV3Config(
+            **{**common, "num_key_value_heads": m.num_heads}, intermediate_size=m.intermediate_size,
+            moe_intermediate_size=m.moe_intermediate_size, n_routed_experts=m.num_experts, n_shared_experts=1, n_group=1,
+            topk_group=1, first_k_dense_replace=0, routed_scaling_factor=1.0, norm_topk_prob=True, q_lora_rank=None,
+            kv_lora_rank=head * 2, qk_rope_head_dim=head // 2, qk_nope_head_dim=head // 2, v_head_dim=head,
         )
     raise ValueError(f"model.arch={arch!r} is not available; choose one of: {', '.join(MOE_ARCHS)}")
 

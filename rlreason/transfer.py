@@ -30,11 +30,13 @@ class AdapterUpdate:
     """The LoRA adapters as the rollout engines need them: `factors[key] = (A, B, scale)` for a plain
     linear weight, `stacked[key] = (lhs, rhs, scale)` for a fused expert stack, `deltas[key]` = the
     whole delta for anything else (several adapters, DoRA, 2-D wrapped parameters such as routers).
-    Keys are the base model's state-dict names of the adapted weights."""
+    Keys are the base model's state-dict names of the adapted weights. `extras`: state the engine
+    keeps besides the weights, sent whole (the MoE selection bias, `moe/balance.py`)."""
 
     factors: dict = field(default_factory=dict)
     deltas: dict = field(default_factory=dict)
     stacked: dict = field(default_factory=dict)
+    extras: dict = field(default_factory=dict)
 
     def keys(self) -> list[str]:
         return [*self.factors, *self.deltas, *self.stacked]
@@ -42,7 +44,7 @@ class AdapterUpdate:
     def _map(self, convert) -> "AdapterUpdate":
         one = lambda t: convert({"t": t})["t"]  # noqa: E731
         triples = lambda d: {k: (one(a), one(b), s) for k, (a, b, s) in d.items()}  # noqa: E731
-        return AdapterUpdate(triples(self.factors), convert(self.deltas), triples(self.stacked))
+        return AdapterUpdate(triples(self.factors), convert(self.deltas), triples(self.stacked), convert(self.extras))
 
     def to_transport(self) -> "AdapterUpdate":
         return self._map(to_transport)

@@ -49,6 +49,14 @@ def _one_paragraph_error(proc, stdout_ok=False):
         (["recipe=grpo", "trainer.off_policy_steps=2"], ["trainer.off_policy_steps=2", "0, 1"]),
         (["recipe=grpo", "ray.placement=cluster"], ["ray.placement='cluster'", "pack", "spread"]),
         (["recipe=grpo", "rollout.gpus=-2"], ["rollout.gpus=-2", "-1"]),
+        (["recipe=grpo", "moe=sinkhorn", "moe.routing_replay=r3"], ["moe.router=sinkhorn", "r3", "r2"]),
+        (["recipe=grpo", "moe=aux_free", "rollout.engine=vllm"], ["moe.balance=aux_free", "rollout.engine=hf"]),
+        (["recipe=grpo", "moe=aux_free", "model=smollm2"], ["moe.balance=aux_free", "dense", "smollm2-moe"]),
+        (["recipe=grpo", "moe=erc", "model.lora.r=8"], ["moe.erc_coef", "LoRA", "model.lora.r=0"]),
+        (["recipe=grpo", "moe.balance=auxfree"], ["moe.balance='auxfree'", "aux_free"]),
+        (["recipe=grpo", "moe=sinkhorn", "moe.sinkhorn_prob=2"], ["moe.sinkhorn_prob=2", "[0, 1]"]),
+        (["recipe=grpo", "model.upcycle.method=drop"], ["model.upcycle.method=drop", "smollm2-moe"]),
+        (["recipe=grpo", "model=smollm2-moe", "model.upcycle.drop_ratio=1.5"], ["model.upcycle.drop_ratio=1.5"]),
     ],
 )
 def test_user_mistakes_give_one_paragraph(args, expect, capsys):

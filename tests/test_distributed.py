@@ -7,7 +7,7 @@ import pytest
 import ray
 import torch
 
-from rlreason.config import AlgoConfig, LearnerConfig
+from rlreason.config import AlgoConfig, LearnerConfig, MoEConfig
 from rlreason.learner.learner import Learner
 from rlreason.rollout.worker import RolloutWorker
 
@@ -23,17 +23,19 @@ def batch(tiny_policy):
     return b
 
 
-@pytest.mark.parametrize("stage,algo", [(2, AlgoConfig()), (3, AlgoConfig(kl_coef=0.05, loss_agg="token-mean"))])
-def test_deepspeed_two_actors_match_the_single_learner(ray_local, tiny_policy, batch, stage, algo):
+# stage 2 with aux-free balancing: each rank counts the loads of its share, and the bias step must use their sum
+@pytest.mark.parametrize("stage,algo,moe", [(2, AlgoConfig(), MoEConfig(balance="aux_free", bias_update_rate=0.02)),
+                                            (3, AlgoConfig(kl_coef=0.05, loss_agg="token-mean"), None)])
+def test_deepspeed_two_actors_match_the_single_learner(ray_local, tiny_policy, batch, stage, algo, moe, tmp_path):
     cfg = LearnerConfig(lr=1e-3, mini_batches=3, threads=1, grad_clip=0.5)
-    single = Learner(tiny_policy, cfg, algo, 1.0, 12, seed=0)
+    single = Learner(tiny_policy, cfg, algo, 1.0, 12, seed=0, moe_cfg=moe)
     want = [single.train_step(batch) for _ in range(2)]
     want_w = single.get_weights()
 
     # ZeRO-3 with every parameter partitioned (DeepSpeed keeps small ones whole by default)
     ds_cfg = dataclasses.replace(cfg, strategy="deepspeed", num_workers=2, zero_stage=stage,
                                  deepspeed_config={"zero_optimization": {"stage3_param_persistence_threshold": 0}})
-    ranks = [ray.remote(num_cpus=1)(Learner).remote(tiny_policy, ds_cfg, algo, 1.0, 12, 0, None, None, r) for r in range(2)]
+    ranks = [ray.remote(num_cpus=1)(Learner).remote(tiny_policy, ds_cfg, algo, 1.0, 12, 0, moe, None, r) for r in range(2)]
     addr, port = ray.get(ranks[0].address.remote())
     assert ray.get([r.connect.remote(addr, port) for r in ranks]) == [0, 1]
     if stage == 3:  # the weights really are partitioned: a rank holds an empty local tensor
@@ -53,6 +55,11 @@ def test_deepspeed_two_actors_match_the_single_learner(ray_local, tiny_policy, b
         # coordinates into movement, so the bound is 2% of one step, and the mean difference is ~1e-8
         diff = (w0[k] - want_w[k]).abs()
         assert float(diff.max()) < 2e-5 and float(diff.mean()) < 2e-7, (k, float(diff.max()), float(diff.mean()))
+    if moe is not None:  # every rank took the single learner's bias steps: the loads were summed over ranks
+        ray.get([r.save.remote(str(tmp_path)) for r in ranks])
+        biases = [torch.load(tmp_path / f, weights_only=False)["moe"]["bias"]["bias"] for f in ("learner.pt", "learner_rank1.pt")]
+        assert single.moe.bias.bias.abs().max() > 0
+        assert torch.equal(biases[0], single.moe.bias.bias) and torch.equal(biases[1], single.moe.bias.bias)
     for r in ranks:
         ray.kill(r)
 

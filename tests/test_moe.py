@@ -91,8 +91,10 @@ def test_forced_random_ids_are_honoured_with_live_gate_weights_and_router_grad(a
     live, logits = tap.stacked("live"), tap.stacked("logits")
     for layer, (idx, weights) in enumerate(seen):
         assert torch.equal(idx[5:], forced[5:, layer]) and torch.equal(idx[:5], live[:5, layer])
-        renorm = arch in ("qwen3_moe", "mixtral")  # Qwen2-MoE and OLMoE keep the full-softmax probabilities
-        p = torch.softmax(logits[layer].detach().float(), -1)[5:].gather(-1, forced[5:, layer])
+        renorm = arch in ("qwen3_moe", "mixtral", "deepseek_v3")  # Qwen2-MoE and OLMoE keep the full-softmax probabilities
+        # DeepSeek-V3 scores each expert by a sigmoid (routed_scaling_factor is 1 in the tiny config)
+        scores = torch.sigmoid if arch == "deepseek_v3" else lambda x: torch.softmax(x, -1)
+        p = scores(logits[layer].detach().float())[5:].gather(-1, forced[5:, layer])
         expected = p / p.sum(-1, keepdim=True) if renorm else p
         assert torch.allclose(weights[5:].float(), expected, atol=1e-6)
         assert torch.allclose(weights[5:].float().sum(-1), torch.ones(N - 5), atol=1e-6) == renorm

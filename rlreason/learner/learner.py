@@ -33,6 +33,7 @@ from rlreason.batch import RolloutBatch
 from rlreason.forward import bucketed_response_logprobs, shared_prompt_response_logprobs
 from rlreason.learner.lora import adapter_update, add_lora, load_adapter, merged_state_dict
 from rlreason.learner.strategy import DeepSpeedStrategy, LocalStrategy, free_address
+from rlreason.moe.balance import SELECTION_BIAS_KEY
 from rlreason.moe.control import RouterControl
 from rlreason.moe.metrics import logprob_gap
 from rlreason.moe.regularizers import freeze_routers
@@ -76,9 +77,11 @@ class Learner:
             moe_cfg = moe_cfg if moe_cfg is not None else MoEConfig()
             if moe_cfg.freeze_router:
                 freeze_routers(self.model)
-            self.moe = RouterControl(self.model, moe_cfg, lambda b: self._forward(self.model, b.to(self.device)))
+            self.moe = RouterControl(self.model, moe_cfg, lambda b: self._forward(self.model, b.to(self.device)), seed)
         elif moe_cfg is not None and moe_cfg.routing_replay != "none":
             raise ValueError(f"moe.routing_replay={moe_cfg.routing_replay} needs an MoE policy; this one is dense")
+        elif moe_cfg is not None and (moe_cfg.balance != "none" or moe_cfg.erc_coef or moe_cfg.router != "native"):
+            raise ValueError("moe.balance, moe.erc_coef and moe.router need an MoE policy; this one is dense")
         self.ref = None
         if algo_cfg.kl_coef > 0 and not self.lora:  # with LoRA the reference is the base model: adapters disabled
             self.ref = load_policy(model_path).to(self.device)
@@ -151,6 +154,12 @@ class Learner:
                 return merged_state_dict(self.model)
             return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
 
+    def _engine_extras(self) -> dict:
+        """State the rollout engines need besides the weights: the MoE selection bias (aux-free balancing)."""
+        if self.moe is None or self.moe.bias is None:
+            return {}
+        return {SELECTION_BIAS_KEY: self.moe.bias.bias.clone()}
+
     def put_weights(self) -> list | None:
         """The weights `get_weights` returns, put into Ray's object store from this actor (a
         collective under ZeRO-3: call it on all ranks): `[ref]` on rank 0, None elsewhere. The driver
@@ -164,9 +173,11 @@ class Learner:
             if self.rank != 0:
                 return None
             if self.adapter_sync:
-                return [ray.put(adapter_update(self.model).to_transport())]
+                update = adapter_update(self.model)
+                update.extras = self._engine_extras()
+                return [ray.put(update.to_transport())]
             weights = merged_state_dict(self.model) if self.lora else self.model.state_dict()
-            return [ray.put(to_transport(weights))]  # copied into the store here, inside the gather
+            return [ray.put(to_transport({**weights, **self._engine_extras()}))]  # copied into the store here, inside the gather
 
     @torch.no_grad()
     def score_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
@@ -181,6 +192,8 @@ class Learner:
         t0 = time.perf_counter()
         batch = batch.to(self.device)
         moe = self.moe
+        if moe:
+            moe.step = self.version  # seeds this step's ERC noise and Sinkhorn choice
         single = self.cfg.mini_batches == 1 and self.cfg.ppo_epochs == 1
         if single and self.cfg.fuse_old_pass and self.strategy.world_size == 1:
             return self._fused_step(batch, progress, t0)
@@ -235,7 +248,7 @@ class Learner:
         if ref_logp is None:
             metrics["kl/ref"] = 0.0
         if self.moe:
-            metrics.update(self.moe.finish())
+            metrics.update(self.moe.finish(all_reduce=lambda c: self.strategy.all_reduce(c.to(self.device, torch.float32)).cpu()))
         self.version += 1
         elapsed = time.perf_counter() - t0
         metrics["timing/learner_s"] = elapsed  # inside the actor; timing/train_s adds the transport and the wait
@@ -354,7 +367,7 @@ class Learner:
         """The frozen reference: its own copy, or with LoRA the base model (adapters disabled)."""
         if self.ref is not None:
             return self._forward(self.ref, b)["logprobs"]
-        with self.model.disable_adapter():
+        with self.model.disable_adapter(), self.moe.native() if self.moe else contextlib.nullcontext():
             return self._forward(self.model, b)["logprobs"]
 
     def _skip_nonfinite(self, loss, grad_norm) -> None:
@@ -405,7 +418,8 @@ class Learner:
                     self.tokenizer.save_pretrained(d / ("adapter" if self.lora else "policy"))
             extra = self.strategy.save(d)
             torch.save(
-                {**extra, "torch_rng": torch.get_rng_state(), "generator": self.generator.get_state(), "version": self.version},
+                {**extra, "torch_rng": torch.get_rng_state(), "generator": self.generator.get_state(), "version": self.version,
+                 "moe": self.moe.state_dict() if self.moe else {}},
                 d / ("learner.pt" if self.rank == 0 else f"learner_rank{self.rank}.pt"),
             )
         except OSError:
@@ -432,6 +446,7 @@ class Learner:
         self.generator.set_state(extra["generator"])
         self.version = extra["version"]
         if self.moe:
+            self.moe.load_state_dict(extra.get("moe", {}))
             self.moe.forget_probe()
         return self.version
 

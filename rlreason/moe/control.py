@@ -11,9 +11,21 @@
    the rollout routes, R2 the old pass's; `regularizer_loss` gives the configured LB / z / anchoring
    terms from the live logits; `after_update` accumulates replay and staleness mismatch.
 3. `finish()`: routing change on a fixed probe batch across the step, router weight and
-   gradient norms, and the averaged update metrics.
+   gradient norms, the averaged update metrics; with `moe.balance=aux_free`, one step of the
+   selection bias from the loads the step's update passes routed (summed over learner ranks).
 
-The reference model never goes through here: it is never replayed.
+Routing methods besides replay (specs/moe_routing_methods.md):
+- aux-free balancing: `SelectionBias` hooks (installed before the tap, so the tap sees the biased
+  choice and replay overrides it) select by softmax + b; `ExpertBias` moves b after each step.
+  Under R3 the rollout engine's b decided the replayed routes (the engine's copy, synced with the
+  weights: the learner's b of the previous step); under R2 the old pass's, which is the learner's
+  current b. Either way the counted loads are the routes the experts received.
+- ERC loss: added to `regularizer_loss` once per optimizer update (it does not depend on the batch).
+- Sinkhorn routing: on a step chosen by `selective_step(seed, step)`, the old pass and every update
+  pass of that step route their real tokens by the balanced plan (the same branch in all of them,
+  so the ratio is 1 at the old policy); the probe and the reference route natively.
+
+The reference model never goes through here: it is never replayed, biased or balanced.
 """
 
 from __future__ import annotations
@@ -24,8 +36,11 @@ import torch
 
 from rlreason.forward import build_inputs
 from rlreason.moe import metrics as M
+from rlreason.moe.balance import ExpertBias, SelectionBias
+from rlreason.moe.erc import erc_loss, expert_gate_proj
 from rlreason.moe.regularizers import expert_counts, load_balancing_loss, router_anchor_kl, z_loss
-from rlreason.moe.router import RouterTap, sequence_routes
+from rlreason.moe.router import RouterTap, moe_blocks, sequence_routes, unwrap
+from rlreason.moe.sinkhorn import megatron_route, selective_step, ssr_route
 
 REPLAY_MODES = ("none", "r2", "r3")
 
@@ -41,11 +56,21 @@ def _token_mask(b) -> torch.Tensor:
 
 
 class RouterControl:
-    def __init__(self, model, cfg, forward):
-        """`forward(batch)` runs the policy's forward pass over a rollout batch (the probe uses it)."""
+    def __init__(self, model, cfg, forward, seed: int = 0):
+        """`forward(batch)` runs the policy's forward pass over a rollout batch (the probe uses it);
+        `seed` seeds the ERC noise and the Sinkhorn steps' choice."""
         if cfg.routing_replay not in REPLAY_MODES:
             raise ValueError(f"moe.routing_replay={cfg.routing_replay!r}; choose one of: {', '.join(REPLAY_MODES)}")
         self.cfg = cfg
+        self.seed = seed
+        self.step = 0  # the optimizer step being taken (the learner sets it: resumes keep counting)
+        self.blocks = moe_blocks(model)
+        self.bias = self.selection = None
+        if cfg.balance == "aux_free":  # before the tap: the tap records the biased choice
+            E = unwrap(self.blocks[0].gate).num_experts
+            self.bias = ExpertBias(len(self.blocks), E, cfg.bias_update_rate, cfg.bias_update_rule, cfg.bias_schedule, cfg.bias_t0)
+            self.selection = SelectionBias(model, self.bias.bias)
+        self.balanced = None  # this step's batch routing rule (Sinkhorn), or None
         self.tap = RouterTap(model)
         self.mode = cfg.routing_replay
         self._forward = forward
@@ -63,7 +88,7 @@ class RouterControl:
         """Context for the old-policy forward over the whole step batch `b`."""
         self._start_old(b)
         forced = self.rollout if self.mode == "r3" else None
-        with self.tap.session(forced=forced, capture_logits=True):
+        with self.tap.session(forced=forced, capture_logits=True, balanced=self.balanced, token_mask=self.mask):
             yield
         self._end_old(b)
 
@@ -76,7 +101,7 @@ class RouterControl:
         update uses the old pass's routes by construction (the replay metrics then read 0)."""
         self._start_old(b)
         self.forced = self.rollout if self.mode == "r3" else None
-        with self.tap.session(forced=self.forced, capture_logits=True):
+        with self.tap.session(forced=self.forced, capture_logits=True, balanced=self.balanced, token_mask=self.mask):
             yield
 
     def fused_forward_done(self, b) -> None:
@@ -87,6 +112,8 @@ class RouterControl:
 
     def _start_old(self, b) -> None:
         self._sums, self._counts = {}, {}
+        self.mask = _token_mask(b)
+        self.balanced = self._step_router()
         self.rollout = self._rollout_routes(b)
         if self.mode == "r3" and self.rollout is None:
             raise RuntimeError(
@@ -99,8 +126,16 @@ class RouterControl:
             if self._probe[1] is None:  # first step, or after a resume: the routes before this step's updates
                 self._probe = (self._probe[0], self._probe_routes())
 
+    def _step_router(self):
+        """The Sinkhorn rule if this step routes by it (`moe.router=sinkhorn`, chosen by seed and step)."""
+        c = self.cfg
+        if c.router != "sinkhorn" or not selective_step(self.seed, self.step, c.sinkhorn_prob):
+            return None
+        if c.sinkhorn_mode == "megatron":
+            return lambda logits, k: megatron_route(logits, k, c.sinkhorn_tol, c.sinkhorn_iters)
+        return lambda logits, k: ssr_route(logits, k, c.sinkhorn_xi, c.sinkhorn_tol, c.sinkhorn_iters)
+
     def _end_old(self, b) -> None:
-        self.mask = _token_mask(b)
         self.old_logits = self.tap.stacked("logits").detach()  # [L, N, E]
         self.old_used = self.tap.stacked("used")  # [N, L, k]
         self.old_live = self.tap.stacked("live")
@@ -145,12 +180,12 @@ class RouterControl:
         elif self.mode == "r2":
             forced = self.old_used[self.rows]
         self.forced = forced
-        with self.tap.session(forced=forced, capture_logits=True):
+        with self.tap.session(forced=forced, capture_logits=True, balanced=self.balanced, token_mask=self.mask[self.rows]):
             yield
 
     def regularizer_loss(self) -> tuple[torch.Tensor | float, dict]:
         c = self.cfg
-        if not (c.lb_coef or c.z_coef or c.anchor_coef):
+        if not (c.lb_coef or c.z_coef or c.anchor_coef or c.erc_coef):
             return 0.0, {}
         logits = self.tap.stacked("logits")
         mask = self.mask[self.rows]
@@ -165,7 +200,18 @@ class RouterControl:
         if c.anchor_coef:
             a = router_anchor_kl(self.old_logits[:, self.rows], logits, mask)
             loss, info["loss/moe_anchor"] = loss + c.anchor_coef * a, float(a.detach())
+        if c.erc_coef:
+            erc = self.erc_loss()
+            loss, info["loss/moe_erc"] = loss + c.erc_coef * erc, float(erc.detach())
         return loss, info
+
+    def erc_loss(self) -> torch.Tensor:
+        """The ERC loss summed over MoE layers, its noise seeded by (seed, step, layer)."""
+        total = 0.0
+        for layer, block in enumerate(self.blocks):
+            gen = torch.Generator().manual_seed((self.seed * 1_000_003 + self.step) * 1_009 + layer)
+            total = total + erc_loss(unwrap(block.gate).weight, expert_gate_proj(block.experts), self.cfg.erc_alpha, gen)
+        return total
 
     def _add(self, name: str, value: float) -> None:
         if value == value:  # skip nan (no valid pair)
@@ -173,9 +219,11 @@ class RouterControl:
             self._counts[name] = self._counts.get(name, 0) + 1
 
     def after_update(self) -> None:
+        live, used, mask = self.tap.stacked("live"), self.tap.stacked("used"), self.mask[self.rows]
+        if self.bias is not None:  # the loads the experts received in this update's forward
+            self.bias.count(expert_counts(used, self.tap.num_experts, mask))
         if not self.cfg.metrics:
             return
-        live, used, mask = self.tap.stacked("live"), self.tap.stacked("used"), self.mask[self.rows]
 
         def rate(a, b):
             return M.layer_mean(M.route_agreement(a, b, mask)["mismatch_rate"])
@@ -200,10 +248,21 @@ class RouterControl:
             self._forward(self._probe[0])
         return self.tap.stacked("live")
 
-    def finish(self) -> dict:
+    def finish(self, all_reduce=None) -> dict:
         """Metrics after the step's updates: averaged update-pass metrics, router weight norm, and the
-        share of the probe's (token, layer) routes that the step's updates changed."""
+        share of the probe's (token, layer) routes that the step's updates changed. With aux-free
+        balancing, b takes its step (`all_reduce` sums the loads over learner ranks)."""
         out = {k: v / self._counts[k] for k, v in self._sums.items()}
+        if self.cfg.router == "sinkhorn":
+            out["moe/sinkhorn/step"] = float(self.balanced is not None)
+        if self.bias is not None:
+            info = self.bias.update(all_reduce)
+            self.selection.refresh()
+            b = self.bias.bias
+            M.summarize("moe/bias/range", (b.max(-1).values - b.min(-1).values).tolist(), out, self.cfg.layer_metrics)
+            M.summarize("moe/bias/abs_mean", b.abs().mean(-1).tolist(), out)
+            M.summarize("moe/bias/update_load_max_over_mean", info["max_over_mean"], out, self.cfg.layer_metrics)
+            out["moe/bias/rate"] = info["rate"]
         if not self.cfg.metrics:
             return out
         out["moe/router/weight_norm"] = float(torch.linalg.vector_norm(torch.stack([r.weight.detach().norm() for r in self.tap.routers])))
@@ -214,6 +273,29 @@ class RouterControl:
                 out["moe/probe/routing_change"] = change
             self._probe = (self._probe[0], after)
         return out
+
+    def state_dict(self) -> dict:
+        """What a checkpoint must keep besides the weights: the selection bias."""
+        return {"bias": self.bias.state_dict()} if self.bias is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.bias is not None and "bias" in state:
+            self.bias.load_state_dict(state["bias"])
+            self.selection.bias = self.bias.bias
+            self.selection.refresh()
+
+    @contextlib.contextmanager
+    def native(self):
+        """Route as the checkpoint would (no selection bias, no tap: the LoRA learner's reference pass)."""
+        with self.tap.paused():
+            if self.selection is None:
+                yield
+                return
+            self.selection.enabled = False
+            try:
+                yield
+            finally:
+                self.selection.enabled = True
 
     def forget_probe(self) -> None:
         """After loading other weights (resume), the cached probe routes are stale."""

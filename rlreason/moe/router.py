@@ -1,15 +1,22 @@
 """Router taps for transformers MoE policies: capture router logits, record and replay expert choices.
 
-transformers 5 MoE blocks (Qwen3-MoE, Qwen2-MoE, Mixtral, OLMoE) call a ``*TopKRouter`` module that
-returns ``(logits [N, E], weights [N, k], indices [N, k])`` and pass weights and indices on to the
-block's ``experts``. `RouterTap` hooks every router once and, inside a `tap.session(...)`:
+transformers 5 MoE blocks (Qwen3-MoE, Qwen2-MoE, Mixtral, OLMoE; DeepSeek-V3) call a ``*TopKRouter``
+(DeepSeek: ``*TopkRouter``) module that returns ``(logits [N, E], weights [N, k], indices [N, k])`` and
+pass weights and indices on to the block's ``experts``. The first four score experts by a softmax;
+DeepSeek-style routers (those with an ``e_score_correction_bias``) by a sigmoid, select by the scores
+plus that bias, and scale the gates by ``routed_scaling_factor`` (`router_scoring`).
+
+`RouterTap` hooks every router once and, inside a `tap.session(...)`:
 
 - records the live top-k ids and keeps the router logits (with their graph) for the regularisers;
 - replays forced ids: rows of ``forced`` ([N, L, k], -1 rows = route live) replace the router's
-  choice, and the gate weights are recomputed from the *live* logits at the forced ids (softmax,
-  gathered, renormalised when the router renormalises its top-k), so the router keeps its gradient;
+  choice, and the gate weights are recomputed from the *live* logits at the forced ids (the router's
+  scores, gathered, renormalised when the router renormalises its top-k), so the router keeps its gradient;
 - records the ids the experts actually received (a pre-hook on ``experts``), so "replay happened"
-  is measured, not assumed.
+  is measured, not assumed;
+- routes by a batch-level rule instead of the router's own choice when a session asks (`balanced`:
+  the Sinkhorn plan of `moe/sinkhorn.py`), over the session's real tokens only (`token_mask`); a
+  replayed row keeps its forced ids.
 
 A router may run more than once per session (activation checkpointing recomputes a layer during
 backward): the replay is applied on every call, the capture only on the first call of each layer,
@@ -42,12 +49,13 @@ def unwrap(module):
     return module
 
 
+def is_router(module) -> bool:
+    return type(module).__name__.endswith(("TopKRouter", "TopkRouter"))
+
+
 def moe_blocks(model) -> list[torch.nn.Module]:
     """The MoE blocks of `model` in layer order: modules with a ``gate`` router and ``experts``."""
-    return [
-        m for m in model.modules()
-        if type(unwrap(getattr(m, "gate", None))).__name__.endswith("TopKRouter") and hasattr(m, "experts")
-    ]
+    return [m for m in model.modules() if is_router(unwrap(getattr(m, "gate", None))) and hasattr(m, "experts")]
 
 
 def moe_shape(config: dict) -> tuple[int, int] | None:
@@ -57,7 +65,14 @@ def moe_shape(config: dict) -> tuple[int, int] | None:
 
 
 def find_routers(model) -> list[torch.nn.Module]:
-    return [m for m in model.modules() if type(m).__name__.endswith("TopKRouter")]
+    return [m for m in model.modules() if is_router(m)]
+
+
+def router_scoring(router) -> tuple[str, float]:
+    """("softmax", 1.0) for the softmax routers; ("sigmoid", routed_scaling_factor) for DeepSeek-style ones."""
+    if hasattr(router, "e_score_correction_bias"):
+        return "sigmoid", float(getattr(router, "routed_scaling_factor", 1.0))
+    return "softmax", 1.0
 
 
 def renormalises(router) -> bool:
@@ -66,13 +81,16 @@ def renormalises(router) -> bool:
     return bool(getattr(router, "norm_topk_prob", True))
 
 
-def route_weights(logits: torch.Tensor, indices: torch.Tensor, renormalise: bool) -> torch.Tensor:
-    """Gate weights [N, k] of experts `indices` [N, k] under router `logits` [N, E]: softmax over all
-    experts in fp32, gathered at the ids, renormalised over the k when the router does so."""
-    probs = torch.softmax(logits.float(), dim=-1).gather(-1, indices.long())
+def route_weights(logits: torch.Tensor, indices: torch.Tensor, renormalise: bool, scoring: str = "softmax",
+                  scale: float = 1.0) -> torch.Tensor:
+    """Gate weights [N, k] of experts `indices` [N, k] under router `logits` [N, E]: the router's scores in
+    fp32 (a softmax over all experts, or DeepSeek's per-expert sigmoid), gathered at the ids, renormalised
+    over the k when the router does so, times the router's scale."""
+    scores = torch.softmax(logits.float(), dim=-1) if scoring == "softmax" else torch.sigmoid(logits.float())
+    probs = scores.gather(-1, indices.long())
     if renormalise:
-        probs = probs / probs.sum(-1, keepdim=True)
-    return probs
+        probs = probs / (probs.sum(-1, keepdim=True) + (1e-20 if scoring == "sigmoid" else 0.0))
+    return probs * scale
 
 
 def sequence_routes(prompt_routes, response_routes, prompt_len: int) -> torch.Tensor | None:
@@ -102,9 +120,12 @@ class RouterTap:
         self.top_k = self.routers[0].top_k if blocks else 0
         self.num_experts = self.routers[0].num_experts if blocks else 0
         self._renorm = [renormalises(r) for r in self.routers]
+        self._scoring = [router_scoring(r) for r in self.routers]
         self._active = False
         self._forced = None
         self._capture_logits = False
+        self._balanced = None  # route(logits [n, E], k) -> (ids, weights) over a forward's real tokens
+        self._token_mask = None  # [N] of the session's flat layout: 1 = a real token
         self._reset()
         self._handles = []
         for layer, block in enumerate(blocks):
@@ -166,19 +187,34 @@ class RouterTap:
                 out[layer] = full.index_copy(0, rows, vals)
 
     @contextlib.contextmanager
-    def session(self, forced: torch.Tensor | None = None, capture_logits: bool = False):
+    def session(self, forced: torch.Tensor | None = None, capture_logits: bool = False, balanced=None,
+                token_mask: torch.Tensor | None = None):
         """One forward (and its backward): `forced` [N, L, k] long ids to replay (N = batch x sequence,
-        row-major, as the blocks flatten them; a row with any -1 routes live)."""
+        row-major, as the blocks flatten them; a row with any -1 routes live). `balanced`: a batch
+        routing rule used instead of the router's own choice on the real tokens (`token_mask` [N])."""
         if forced is not None and (forced.dim() != 3 or forced.shape[1:] != (self.num_layers, self.top_k)):
             raise ValueError(
                 f"forced routes must be [tokens, {self.num_layers} MoE layers, top_k={self.top_k}], got {tuple(forced.shape)}"
             )
+        if balanced is not None and token_mask is None:
+            raise ValueError("a balanced routing session needs the token mask (padding must not count as load)")
         self._reset()
         self._forced, self._capture_logits, self._active = forced, capture_logits, True
+        self._balanced, self._token_mask = balanced, token_mask
         try:
             yield self
         finally:
-            self._active, self._forced = False, None
+            self._active, self._forced, self._balanced, self._token_mask = False, None, None, None
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Inside a session: forwards that the tap neither records nor replays (another model's pass
+        through the same modules, e.g. the LoRA reference with its adapters disabled)."""
+        active, self._active = self._active, False
+        try:
+            yield
+        finally:
+            self._active = active
 
     def stacked(self, name: str) -> torch.Tensor | None:
         """`live` or `used` as [N, L, k], `logits` as [L, N, E]; None if a layer did not run."""
@@ -192,26 +228,44 @@ class RouterTap:
             if not self._active:
                 return None
             logits, weights, indices = output
-            if layer not in self._seen:
+            first = layer not in self._seen  # capture once per layer; recomputation only replays
+            if first:
                 self._seen.add(layer)
                 if not self._checked:
                     self._check_logits(logits)
+            if self._balanced is not None:
+                weights, indices = self._balanced_route(logits, weights, indices)
+                output = logits, weights, indices
+            if first:
                 self._record("live", layer, indices.detach())
                 if self._capture_logits:
                     self._record("logits", layer, logits)
             all_forced = self._forced if self._segment is None else self._segment[1]
             if all_forced is None:
-                return None
+                return output if self._balanced is not None else None
             forced = all_forced[:, layer].to(indices.device)
             if forced.shape[0] != indices.shape[0]:
                 raise ValueError(f"forced routes cover {forced.shape[0]} tokens, the forward has {indices.shape[0]}")
             replay = (forced >= 0).all(-1, keepdim=True)
             new_indices = torch.where(replay, forced.to(indices.dtype), indices)
-            new_weights = route_weights(logits, new_indices, self._renorm[layer]).to(weights.dtype)
+            new_weights = route_weights(logits, new_indices, self._renorm[layer], *self._scoring[layer]).to(weights.dtype)
             new_weights = torch.where(replay, new_weights, weights)
             return logits, new_weights, new_indices
 
         return hook
+
+    def _balanced_route(self, logits, weights, indices):
+        """The session's batch rule over this forward's real tokens; padding keeps the router's choice."""
+        mask = self._token_mask if self._segment is None else self._token_mask[self._segment[0]]
+        real = mask.to(logits.device).bool()
+        if real.shape[0] != logits.shape[0]:
+            raise ValueError(f"the token mask covers {real.shape[0]} tokens, the forward has {logits.shape[0]}")
+        if not bool(real.any()):
+            return weights, indices
+        ids, gates = self._balanced(logits[real], indices.shape[-1])
+        indices, weights = indices.clone(), weights.clone()
+        indices[real], weights[real] = ids.to(indices.dtype), gates.to(weights.dtype)
+        return weights, indices
 
     def _experts_hook(self, layer: int):
         def hook(module, args, kwargs):

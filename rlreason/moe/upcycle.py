@@ -11,6 +11,17 @@ The router starts random (`router_std`, default 0.02 like the model's own init),
 spread across experts from the first step; `router_std=0` gives an all-equal router (ties broken by
 expert index). `noise_std` > 0 perturbs each expert copy to break their symmetry (then the logits
 are no longer exactly equal).
+
+Drop-Upcycling (Nakamura et al., ICLR 2025, arXiv 2502.19261; its code read, `drop_ratio` > 0): in each
+expert copy a fraction r of the intermediate neurons is re-initialised from the dense weights'
+statistics, so that experts can diverge while keeping most of the dense knowledge (`drop_neurons`).
+Per expert and per matrix (gate and up: rows; down: columns) n = floor(r I) neurons S are drawn, and
+that slice is refilled from N(mu, sigma^2), mu and sigma (unbiased) of the slice itself. The reference
+code draws S anew for each of the three matrices (`index_mode="per_matrix"`, the default here as
+there), so a neuron survives whole with probability (1-r)^3; `shared` draws one S for all three (then
+1-r), our option for short fine-tuning budgets. The reference code also permutes each expert's neurons
+first, which changes nothing at equal width; it is left out. r > 0 is not the dense model's function:
+give it a supervised warm-up before RL.
 """
 
 from __future__ import annotations
@@ -58,9 +69,50 @@ def mixtral_config_from_llama(llama_cfg, num_experts: int, top_k: int):
     )
 
 
+INDEX_MODES = ("per_matrix", "shared")
+
+
+def slice_stats(part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased standard deviation over every entry of the slice, as the reference code."""
+    return part.mean(), part.std()
+
+
 @torch.no_grad()
-def upcycle(dense, num_experts: int, top_k: int, router_std: float = 0.02, noise_std: float = 0.0, seed: int = 0):
-    """A MixtralForCausalLM whose experts are copies of `dense`'s MLPs (see the module docstring)."""
+def refill_from_slice_stats(weight: torch.Tensor, index: torch.Tensor, dim: int, generator: torch.Generator) -> None:
+    """In place: the slices `index` of `weight` along `dim` redrawn from N(mu, sigma^2) of those slices."""
+    part = weight.index_select(dim, index).float()
+    mu, sigma = slice_stats(part)
+    fresh = torch.randn(part.shape, generator=generator) * sigma + mu
+    weight.index_copy_(dim, index, fresh.to(weight.dtype))
+
+
+@torch.no_grad()
+def drop_neurons(gate_up: torch.Tensor, down: torch.Tensor, ratio: float, generator: torch.Generator,
+                 index_mode: str = "per_matrix") -> dict:
+    """One expert, in place: `gate_up` [2I, H] (gate rows, then up rows), `down` [H, I]. Returns the
+    neuron ids re-initialised per matrix."""
+    if index_mode not in INDEX_MODES:
+        raise ValueError(f"unknown drop-upcycling index_mode {index_mode!r}; choose one of {', '.join(INDEX_MODES)}")
+    inter = down.shape[1]
+    n = int(ratio * inter)
+    if n == 0:
+        return {"gate": [], "up": [], "down": []}
+    shared = torch.randperm(inter, generator=generator)[:n]
+    chosen = {m: shared if index_mode == "shared" else torch.randperm(inter, generator=generator)[:n] for m in ("gate", "up", "down")}
+    gate, up = gate_up[:inter], gate_up[inter:]  # views: refilled in place
+    refill_from_slice_stats(gate, chosen["gate"], 0, generator)
+    refill_from_slice_stats(up, chosen["up"], 0, generator)
+    refill_from_slice_stats(down, chosen["down"], 1, generator)
+    return {m: idx.tolist() for m, idx in chosen.items()}
+
+
+@torch.no_grad()
+def upcycle(dense, num_experts: int, top_k: int, router_std: float = 0.02, noise_std: float = 0.0, seed: int = 0,
+            drop_ratio: float = 0.0, index_mode: str = "per_matrix"):
+    """A MixtralForCausalLM whose experts are copies of `dense`'s MLPs, with `drop_ratio` of each expert's
+    neurons re-initialised (Drop-Upcycling; see the module docstring)."""
+    if not 0 <= drop_ratio <= 1:
+        raise ValueError(f"drop_ratio={drop_ratio} must lie in [0, 1]")
     from transformers import MixtralForCausalLM
 
     cfg = mixtral_config_from_llama(dense.config, num_experts, top_k)
@@ -75,6 +127,7 @@ def upcycle(dense, num_experts: int, top_k: int, router_std: float = 0.02, noise
             raise KeyError(f"upcycling: {name} has no counterpart in the Mixtral model")
         dst[name].copy_(tensor)
     g = torch.Generator().manual_seed(seed)
+    g_drop = torch.Generator().manual_seed(seed + 1)  # its own stream: the router is the same with and without drops
     for i, layer in enumerate(moe.model.layers):
         mlp = dense.model.layers[i].mlp
         gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight], dim=0)  # [2I, H]: gate first, then up
@@ -85,6 +138,8 @@ def upcycle(dense, num_experts: int, top_k: int, router_std: float = 0.02, noise
             if noise_std > 0:
                 experts.gate_up_proj[e].add_(torch.randn(gate_up.shape, generator=g) * noise_std)
                 experts.down_proj[e].add_(torch.randn(mlp.down_proj.weight.shape, generator=g) * noise_std)
+            if drop_ratio > 0:
+                drop_neurons(experts.gate_up_proj[e], experts.down_proj[e], drop_ratio, g_drop, index_mode)
         router = layer.mlp.gate.weight
         router.copy_(torch.randn(router.shape, generator=g) * router_std if router_std > 0 else torch.zeros_like(router))
     if cfg.tie_word_embeddings:
@@ -92,21 +147,25 @@ def upcycle(dense, num_experts: int, top_k: int, router_std: float = 0.02, noise
     return moe
 
 
-def upcycled_folder(dense_path: str | Path, num_experts: int, top_k: int, cache: Path | None = None) -> Path:
+def upcycled_folder(dense_path: str | Path, num_experts: int, top_k: int, cache: Path | None = None,
+                    drop_ratio: float = 0.0, index_mode: str = "per_matrix") -> Path:
     """An HF folder with the upcycled MoE of the dense model at `dense_path` (and its tokenizer),
-    built once under `cache` (default: next to the dense model) and reused; written atomically."""
+    built once under `cache` (default: next to the dense model) and reused; written atomically.
+    `drop_ratio` > 0: Drop-Upcycling (a folder of its own, named by r and the index mode)."""
     from rlreason.policy import load_policy
 
     dense_path = Path(dense_path)
     root = cache or dense_path.parent
-    final = root / f"{dense_path.name}-moe-e{num_experts}k{top_k}"
+    drop = f"-drop{drop_ratio:g}{'' if index_mode == 'per_matrix' else '-' + index_mode}" if drop_ratio > 0 else ""
+    final = root / f"{dense_path.name}-moe-e{num_experts}k{top_k}{drop}"
     if (final / "config.json").exists():
         return final
-    log.info("upcycling %s into %d experts (top-%d): %s", dense_path, num_experts, top_k, final)
+    log.info("upcycling %s into %d experts (top-%d%s): %s", dense_path, num_experts, top_k,
+             f", drop-upcycled r={drop_ratio:g}" if drop_ratio > 0 else "", final)
     from rlreason.assets import publish_folder
 
     def write(tmp: Path) -> None:
-        upcycle(load_policy(dense_path), num_experts, top_k).save_pretrained(tmp)
+        upcycle(load_policy(dense_path), num_experts, top_k, drop_ratio=drop_ratio, index_mode=index_mode).save_pretrained(tmp)
         for f in dense_path.iterdir():  # tokenizer and generation files
             if f.is_file() and f.name.startswith(("tokenizer", "special_tokens", "generation_config", "chat_template")):
                 shutil.copy2(f, tmp / f.name)

@@ -30,7 +30,9 @@ def initial_policy(cfg, run_dir: Path, train: list) -> InitialPolicy:
         if m.kind == "smollm2_moe":
             from rlreason.moe.upcycle import upcycled_folder
 
-            path = upcycled_folder(path, m.num_experts, m.top_k)
+            u = m.upcycle
+            path = upcycled_folder(path, m.num_experts, m.top_k, drop_ratio=u.drop_ratio if u.method == "drop" else 0.0,
+                                   index_mode=u.index_mode)
         return InitialPolicy(path)
     from rlreason.data.tokenizer import build_char_tokenizer
     from rlreason.learner.warmstart import warm_start

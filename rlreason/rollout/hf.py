@@ -21,6 +21,7 @@ import torch
 
 from rlreason.batch import RolloutBatch, per_prompt_counts
 from rlreason.forward import response_logprobs
+from rlreason.moe.balance import SELECTION_BIAS_KEY, SelectionBias
 from rlreason.policy import load_policy, load_tokenizer
 from rlreason.rollout.decode import sample
 from rlreason.rollout.routing import RoutingRecorder, find_routers
@@ -40,6 +41,7 @@ class HFEngine:
         self.dtype = dtype
         self.model_path = model_path
         self.lora_base = None  # fp32 copies of the adapted base weights, kept from the first adapter update
+        self.selection_bias = None  # the MoE selection bias (aux-free balancing), once a payload carries one
         self.model = load_policy(model_path, dtype).to(self.device)
         self.model.eval()
         self.record_routing = record_routing and bool(find_routers(self.model))
@@ -67,11 +69,20 @@ class HFEngine:
         """Every `rollout.*` option applies to this engine."""
 
     def load_weights(self, weights) -> None:
-        """A state dict (all weights) or an `AdapterUpdate` (LoRA adapters, merged into the base here)."""
+        """A state dict (all weights) or an `AdapterUpdate` (LoRA adapters, merged into the base here);
+        either may carry the learner's MoE selection bias (aux-free balancing), which this engine then
+        applies to its routers' top-k choice as the learner does."""
         if isinstance(weights, AdapterUpdate):
+            bias = weights.extras.get(SELECTION_BIAS_KEY)
             self.load_adapter_update(weights)
         else:
+            weights = dict(weights)
+            bias = weights.pop(SELECTION_BIAS_KEY, None)
             self.load_state_dict(weights)
+        if bias is not None:
+            if self.selection_bias is None:
+                self.selection_bias = SelectionBias(self.model, torch.zeros_like(bias, dtype=torch.float32))
+            self.selection_bias.load(bias)
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.model.load_state_dict(state_dict, strict=True)  # copies cast to the engine's dtype

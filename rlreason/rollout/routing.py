@@ -1,8 +1,8 @@
 """Record the experts an MoE policy routes each generated token through, from HF's forward pass.
 
 vLLM returns routed expert ids only on CUDA (Model Runner V2); on CPU the transformers engine
-records them with forward hooks on the routers (modules named ``*TopKRouter`` in transformers 5,
-whose forward returns ``(logits, weights, indices)``).
+records them with forward hooks on the routers (modules named ``*TopKRouter``, DeepSeek's
+``*TopkRouter``, in transformers 5, whose forward returns ``(logits, weights, indices)``).
 
 Convention (as vLLM's per-completion ``routed_experts``): entry ``[b, t, l, :]`` holds the top-k expert
 ids of MoE layer ``l`` at the position whose logits sampled response token ``t`` (for ``t = 0`` the
