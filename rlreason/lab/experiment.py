@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from rlreason.algos.advantages import resolve_estimator
 from rlreason.lab.coefficients import batch_gradient, importance_weights, surrogate_coefficients
 from rlreason.lab.pool import Pool
 from rlreason.lab.stats import effective_sample_fraction, gradient_stats, zero_advantage_fractions
@@ -25,7 +26,9 @@ def pool_gradient(pool: Pool, J: torch.Tensor, algo_cfg, norm_len: int,
     """The arm's projected gradient on the pool rows `idx` (all rows when None), and its coefficients."""
     idx = torch.arange(pool.batch.size) if idx is None else idx
     sub = pool.batch.select(idx)
-    tensors = {k: v[idx] for k, v in pool.learner_tensors.items()}
+    # only what this estimator reads: a batch's slice of the vocabulary log-probs is [n, T, V] (GBs on SmolLM2)
+    needs = {"entropy", *getattr(resolve_estimator(algo_cfg.estimator), "needs", ())}
+    tensors = {k: v[idx] for k, v in pool.learner_tensors.items() if k in needs}
     c = surrogate_coefficients(sub, algo_cfg, pool.logprobs[idx], norm_len, 0.0, tensors)
     return batch_gradient(c, J[idx]), c
 
