@@ -476,17 +476,17 @@ class MoEConfig:
     bias_update_rate: float = 1.0e-3  # u; 1e-4 is slow and 1e-2 oscillates in the paper's sweep
     bias_update_rule: str = "sign"  # sign | proportional (rate * (mean - load) / mean)
     bias_schedule: str = "constant"  # constant | inv_time (rate / (1 + step / bias_t0))
-    bias_t0: float = 100.0
+    bias_t0: float = 100.0  # inv_time: the step count at which the rate has halved
     # expert-router coupling loss (arXiv 2512.23447; rlreason/moe/erc.py), added once per optimizer step, summed
-    # over MoE layers; batch-independent. erc_alpha: the margin a (1 at 64 experts, 0.5 at 256 in the paper)
+    # over MoE layers; batch-independent. The paper's best margin: 1 at 64 experts, 0.5 at 256
     erc_coef: float = 0.0
-    erc_alpha: float = 1.0
+    erc_alpha: float = 1.0  # the margin a: each expert must respond to its own row at least a times as to any other
     # native | sinkhorn: on a share sinkhorn_prob of optimizer steps (chosen by a hash of seed and step), the
     # learner routes each forward's real tokens by a balanced Sinkhorn plan (rlreason/moe/sinkhorn.py); rollout
-    # engines always route natively (the plan is non-causal). sinkhorn_mode: ssr (gates from the plan) | megatron
+    # engines always route natively (the plan is non-causal)
     router: str = "native"
-    sinkhorn_prob: float = 0.1
-    sinkhorn_mode: str = "ssr"
+    sinkhorn_prob: float = 0.1  # p: the share of optimizer steps routed by the plan (0: never, 1: every step)
+    sinkhorn_mode: str = "ssr"  # ssr: ids and gates from the plan | megatron: the plan's ids, the native router's gates
     sinkhorn_xi: float = 1.0  # entropy temperature: the plan uses logits / xi
     sinkhorn_iters: int = 100  # at most this many row/column scalings
     sinkhorn_tol: float = 1.0e-4  # stop when every column sum is within this relative error of T/E
