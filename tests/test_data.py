@@ -63,6 +63,9 @@ def test_warmstart_cache_key_tracks_what_shapes_the_policy():
     from rlreason.config import LoRAConfig  # LoRA is an RL-time choice: the same warm start serves it
 
     assert base == cache_key(ModelConfig(lora=LoRAConfig(r=8)), TaskConfig(), WarmstartConfig(), 0, tok.get_vocab())
+    from rlreason.config import UpcycleConfig  # smollm2-moe's upcycling never shapes a warm start
+
+    assert base == cache_key(ModelConfig(upcycle=UpcycleConfig(method="drop")), TaskConfig(), WarmstartConfig(), 0, tok.get_vocab())
     for other in (
         cache_key(ModelConfig(num_experts=4), TaskConfig(), WarmstartConfig(), 0, tok.get_vocab()),
         cache_key(ModelConfig(), dataclasses.replace(TaskConfig(), max_value=20), WarmstartConfig(), 0, tok.get_vocab()),

@@ -45,7 +45,9 @@ def _plain(x):
 # warm start stays valid for runs that do not use them
 _NEUTRAL_TASK = {"levels": [], "path": None}
 _NEUTRAL_MODEL = {"arch": "qwen3_moe", "chat_template": False}
-_IGNORED_MODEL = ("lora",)  # RL-time options: the warm start trains the full base model either way
+# RL-time options (the warm start trains the full base model either way) and smollm2-moe's upcycling (not a
+# warm-started model): left out, so caches made before these fields existed stay valid
+_IGNORED_MODEL = ("lora", "upcycle")
 # keys since removed from the schema, at the value every cached warm start was made with (so caches stay valid)
 _RETIRED_MODEL = {"tokenizer": "char"}
 
