@@ -66,10 +66,15 @@ def run_sweeps(out: Path, arms: dict, seeds: list[int], steps: int) -> None:
 
 
 def arm_label(run_dir: Path) -> str:
-    """A multirun job is named by what it sweeps (`recipe=<r>,seed=<s>` or `moe=<m>,seed=<s>`); a job of a
-    seed-only sweep by its sweep's subdirectory."""
-    first = run_dir.name.split(",")[0]
-    return LABELS.get(first, LABELS.get(run_dir.parent.name, first if not first.startswith("seed=") else run_dir.parent.name))
+    """A job of a one-arm sweep (over seeds) is its sweep's subdirectory; a job of a sweep over choices is named
+    by them (`recipe=<r>,seed=<s>`, `recipe=grpo,moe=<m>,seed=<s>`): the moe group when present, else the recipe."""
+    if run_dir.parent.name in LABELS:  # a sweep of one arm over seeds
+        return LABELS[run_dir.parent.name]
+    parts = [p for p in run_dir.name.split(",") if not p.startswith("seed=")]
+    moe = [p for p in parts if p.startswith("moe=")]
+    if moe:
+        return LABELS.get(moe[0], moe[0])
+    return LABELS.get(parts[0], parts[0]) if parts else run_dir.parent.name
 
 
 def summarise(out: Path) -> str:
