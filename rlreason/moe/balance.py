@@ -63,8 +63,8 @@ def scheduled_rate(rate: float, step: int, schedule: str = "constant", t0: float
 class ExpertBias:
     """The per-layer biases [L, E] (fp32) and the loads counted since the last update.
 
-    `count(layer_ids)` adds a forward's routed ids [N, L, k] (padding masked by the caller); `update()`
-    applies one step of the rule to every layer and clears the counts. `all_reduce` (a callable on the
+    `count(counts)` adds one forward's loads [L, E] (`expert_counts` of the ids the experts received, padding
+    masked); `update()` applies one step of the rule to every layer and clears the counts. `all_reduce` (a callable on the
     [L, E] counts) sums them over learner ranks first, so every rank moves b identically."""
 
     def __init__(self, num_layers: int, num_experts: int, rate: float, rule: str = "sign", schedule: str = "constant",
