@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from rlreason.moe.balance import ExpertBias, bias_step, biased_topk, gate_weights, scheduled_rate
+from rlreason.moe.balance import ExpertBias, bias_step, biased_topk, scheduled_rate
+from rlreason.moe.router import route_weights
 
 S = torch.tensor([[0.9, 0.8, 0.3, 0.1], [0.7, 0.6, 0.5, 0.2], [0.8, 0.2, 0.7, 0.4]])
 
@@ -22,7 +23,8 @@ def test_the_bias_changes_the_choice_not_the_weights_at_a_fixed_choice():
     torch.testing.assert_close(b, torch.tensor([-0.15, -0.15, 0.15, 0.15]))
     idx = biased_topk(S, b, 2)
     assert as_sets(idx) == [{0, 1}, {0, 2}, {0, 2}]
-    w = gate_weights(S, idx, renormalise=True)  # from the unbiased scores
+    # the gates come from the unbiased scores: softmax(log S) renormalised over the chosen ids is S_i / sum S_chosen
+    w = route_weights(torch.log(S), idx, renormalise=True)
     by_id = [dict(zip(i.tolist(), x.tolist())) for i, x in zip(idx, w)]
     assert by_id[0] == pytest.approx({0: 0.9 / 1.7, 1: 0.8 / 1.7}) and by_id[0][0] == pytest.approx(0.5294, abs=1e-4)
     assert by_id[1] == pytest.approx({2: 0.4167, 0: 0.5833}, abs=1e-4)

@@ -16,21 +16,23 @@ import time
 import torch
 
 from rlreason.algos.advantages import resolve_estimator
+from rlreason.batch import RolloutBatch
 from rlreason.lab.coefficients import batch_gradient, importance_weights, surrogate_coefficients
 from rlreason.lab.pool import Pool
 from rlreason.lab.stats import effective_sample_fraction, gradient_stats, zero_advantage_fractions
 
 
 def pool_gradient(pool: Pool, J: torch.Tensor, algo_cfg, norm_len: int,
-                  idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The arm's projected gradient on the pool rows `idx` (all rows when None), and its coefficients."""
+                  idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, RolloutBatch]:
+    """The arm's projected gradient on the pool rows `idx` (all rows when None), its coefficients, and the
+    rows as a batch."""
     idx = torch.arange(pool.batch.size) if idx is None else idx
     sub = pool.batch.select(idx)
     # only what this estimator reads: a batch's slice of the vocabulary log-probs is [n, T, V] (GBs on SmolLM2)
     needs = {"entropy", *getattr(resolve_estimator(algo_cfg.estimator), "needs", ())}
     tensors = {k: v[idx] for k, v in pool.learner_tensors.items() if k in needs}
     c = surrogate_coefficients(sub, algo_cfg, pool.logprobs[idx], norm_len, 0.0, tensors)
-    return batch_gradient(c, J[idx]), c
+    return batch_gradient(c, J[idx]), c, sub
 
 
 def subsample(pool: Pool, batch_prompts: int, G: int, gen: torch.Generator) -> torch.Tensor:
@@ -44,20 +46,19 @@ def measure(pool: Pool, J: torch.Tensor, arms: dict, group_sizes: list[int], bat
             norm_len: int, grpo_cfg, progress=None) -> list[dict]:
     """One row per (arm, G): variance, bias, cosines, SNR, zero-signal shares, the importance weights'
     effective sample fraction and seconds per gradient."""
-    grpo_full, _ = pool_gradient(pool, J, grpo_cfg, norm_len)
+    grpo_full, _, _ = pool_gradient(pool, J, grpo_cfg, norm_len)
     rows, done, total = [], 0, len(arms) * len(group_sizes)
     for name, algo_cfg in arms.items():
-        full, _ = pool_gradient(pool, J, algo_cfg, norm_len)
+        full, _, _ = pool_gradient(pool, J, algo_cfg, norm_len)
         for G in group_sizes:
             gen = torch.Generator().manual_seed(seed * 7919 + G)
             grads, zeros, ess = [], [], []
             t0 = time.perf_counter()
             for _ in range(subsamples):
                 idx = subsample(pool, batch_prompts, G, gen)
-                g, c = pool_gradient(pool, J, algo_cfg, norm_len, idx)
+                g, c, sub = pool_gradient(pool, J, algo_cfg, norm_len, idx)
                 grads.append(g)
-                zeros.append(zero_advantage_fractions(c, pool.batch.response_mask[idx], pool.batch.group_index[idx]))
-                sub = pool.batch.select(idx)
+                zeros.append(zero_advantage_fractions(c, sub.response_mask, sub.group_index))
                 ess.append(effective_sample_fraction(importance_weights(sub, algo_cfg, pool.logprobs[idx]), sub.response_mask))
             seconds = (time.perf_counter() - t0) / subsamples
             g = torch.stack(grads)

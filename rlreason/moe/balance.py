@@ -33,12 +33,6 @@ def biased_topk(scores: torch.Tensor, bias: torch.Tensor, k: int) -> torch.Tenso
     return torch.topk(scores.float() + bias.float(), k, dim=-1).indices
 
 
-def gate_weights(scores: torch.Tensor, indices: torch.Tensor, renormalise: bool) -> torch.Tensor:
-    """The unbiased scores [N, E] gathered at the chosen ids [N, k], renormalised over the k if asked."""
-    w = scores.float().gather(-1, indices.long())
-    return w / w.sum(-1, keepdim=True).clamp(min=1e-20) if renormalise else w
-
-
 def bias_step(counts: torch.Tensor, rate: float, rule: str = "sign") -> torch.Tensor:
     """The change of b from the step's loads `counts` [..., E]: rate * sign(mean - c) (or proportional).
     A balanced load gives 0; under-loaded experts rise, over-loaded ones fall."""
@@ -136,13 +130,15 @@ class SelectionBias:
         return pre_hook
 
     def _hook(self, layer: int, k: int, renormalise: bool):
+        from rlreason.moe.router import route_weights  # the gates replay uses too: the unbiased softmax at the ids
+
         def hook(module, inputs, output):
             if not self.enabled:
                 return None
             logits, weights, _ = output
-            probs = torch.softmax(logits.float(), dim=-1)
-            indices = biased_topk(probs.detach(), self.bias[layer].to(probs.device), k)
-            return logits, gate_weights(probs, indices, renormalise).to(weights.dtype), indices
+            probs = torch.softmax(logits.detach().float(), dim=-1)
+            indices = biased_topk(probs, self.bias[layer].to(probs.device), k)
+            return logits, route_weights(logits, indices, renormalise).to(weights.dtype), indices
 
         return hook
 
