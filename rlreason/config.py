@@ -93,6 +93,13 @@ class UpcycleConfig:
     method: str = "sparse"
     drop_ratio: float = 0.5  # method=drop: r (the paper's best; 0 = sparse)
     index_mode: str = "per_matrix"  # method=drop: per_matrix (the reference code: gate, up, down draw apart) | shared
+    # distillation warm-up before RL (rlreason/moe/distill.py): at most this many AdamW steps on KL(dense || moe)
+    # over the dense model's own responses to the train prompts; 0 = none. The same rule for sparse and drop
+    warmup_steps: int = 0
+    warmup_kl_target: float = 0.05  # stop once a batch's KL (nats per response token) is below this, before stepping
+    warmup_batch: int = 8  # sequences per warm-up step
+    warmup_lr: float = 1.0e-4  # AdamW, every parameter, no weight decay
+    warmup_prompts: int = 256  # the first this many train prompts, one dense-model response each
 
     def check(self, cfg) -> None:
         from rlreason.moe.upcycle import INDEX_MODES
@@ -103,6 +110,11 @@ class UpcycleConfig:
             raise ConfigError(f"model.upcycle.drop_ratio={self.drop_ratio} is not valid; it must lie in [0, 1].")
         if self.method == "drop" and cfg.model.kind != "smollm2_moe":
             raise ConfigError(f"model.upcycle.method=drop upcycles model=smollm2-moe; model.kind={cfg.model.kind} is not upcycled.")
+        _positives(self, "model.upcycle", ("warmup_steps", "warmup_kl_target"), allow_zero=True)
+        _positives(self, "model.upcycle", ("warmup_batch", "warmup_lr", "warmup_prompts"))
+        if self.warmup_steps > 0 and cfg.model.kind != "smollm2_moe":
+            raise ConfigError(f"model.upcycle.warmup_steps distils the dense model into model=smollm2-moe; "
+                              f"model.kind={cfg.model.kind} is not upcycled.")
 
 
 @dataclass

@@ -57,6 +57,8 @@ def _one_paragraph_error(proc, stdout_ok=False):
         (["recipe=grpo", "moe=sinkhorn", "moe.sinkhorn_prob=2"], ["moe.sinkhorn_prob=2", "[0, 1]"]),
         (["recipe=grpo", "model.upcycle.method=drop"], ["model.upcycle.method=drop", "smollm2-moe"]),
         (["recipe=grpo", "model=smollm2-moe", "model.upcycle.drop_ratio=1.5"], ["model.upcycle.drop_ratio=1.5"]),
+        (["recipe=grpo", "model.upcycle.warmup_steps=10"], ["model.upcycle.warmup_steps", "smollm2-moe"]),
+        (["recipe=grpo", "model=smollm2-moe", "model.upcycle.warmup_lr=0"], ["model.upcycle.warmup_lr=0", "> 0"]),
     ],
 )
 def test_user_mistakes_give_one_paragraph(args, expect, capsys):

@@ -257,6 +257,18 @@ def test_route_agreement_by_hand():
     assert r["mismatch_rate"] == [0.0, 1.0]
 
 
+def test_category_specialisation_by_hand():
+    # each category its own expert: 1 bit, and half of each category's slots would have to move
+    apart = M.category_specialisation(torch.tensor([[10.0, 0.0], [0.0, 10.0]]))
+    assert apart["mutual_information"] == pytest.approx(1.0) and apart["mean_tv"] == pytest.approx(0.5)
+    assert apart["load_by_category"] == [[1.0, 0.0], [0.0, 1.0]]
+    same = M.category_specialisation(torch.tensor([[5.0, 5.0], [3.0, 3.0]]))
+    assert same["mutual_information"] == pytest.approx(0.0, abs=1e-12) and same["mean_tv"] == pytest.approx(0.0)
+    # p(c, e) = [[3/8, 1/8], [1/8, 3/8]]: MI = 3/4 log2(3/2) + 1/4 log2(1/2) = 0.188722; TV = |3/4 - 1/2| = 1/4
+    leaning = M.category_specialisation(torch.tensor([[6.0, 2.0], [2.0, 6.0]]))
+    assert leaning["mutual_information"] == pytest.approx(0.75 * math.log2(1.5) - 0.25) and leaning["mean_tv"] == pytest.approx(0.25)
+
+
 def test_expert_load_and_router_stats_by_hand():
     idx = torch.tensor([[[0, 1]], [[0, 2]], [[0, 1]], [[0, 3]]])  # [N=4, L=1, k=2], E=4
     load = M.expert_load(idx, 4)

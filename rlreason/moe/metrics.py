@@ -63,6 +63,26 @@ def expert_load(indices: torch.Tensor, num_experts: int, mask: torch.Tensor | No
     }
 
 
+def category_specialisation(counts: torch.Tensor) -> dict:
+    """How much a layer's expert choice tells about the input's category, from counts [C, E] of
+    routed slots (tokens x k) of each category c at each expert e, with p(c, e) = n_ce / N:
+
+        mutual_information = sum_ce p(c, e) log2(p(c, e) / (p(c) p(e)))   bits; 0 when every category
+                             routes alike, log2(min(C, E)) at most (each category its own experts)
+        mean_tv            = sum_c p(c) * 1/2 sum_e |p(e | c) - p(e)|      the share of a category's
+                             slots that would have to move for it to route like the whole
+
+    Returns both and the per-category loads p(e | c)."""
+    n = counts.double()
+    joint = n / n.sum().clamp(min=1e-12)
+    p_c, p_e = joint.sum(1, keepdim=True), joint.sum(0, keepdim=True)
+    nz = joint > 0
+    mi = (joint[nz] * (joint[nz] / (p_c * p_e).expand_as(joint)[nz]).log2()).sum()
+    cond = joint / p_c.clamp(min=1e-12)
+    tv = 0.5 * (cond - p_e).abs().sum(1)
+    return {"mutual_information": float(mi), "mean_tv": float((p_c.squeeze(1) * tv).sum()), "load_by_category": cond.tolist()}
+
+
 def router_stats(logits: torch.Tensor, top_k: int, mask: torch.Tensor | None = None, tie_eps: float = 1e-3) -> dict:
     """Per-layer router statistics from logits [L, N, E]: mean logsumexp^2 (`lse2`), max |logit|,
     softmax entropy, top-1 probability, and `near_tie_frac`: the share of tokens whose k-th and

