@@ -342,6 +342,10 @@ class RolloutConfig:
     cpus: float = 1.0  # Ray CPUs reserved per rollout actor
     gpus: float = -1.0  # Ray GPUs per rollout actor; -1 = 1 if the cluster has GPUs, else 0 (0.5: share one with a learner)
     max_restarts: int = 3  # a rollout actor that dies is restarted this often, given current weights, and the step retried
+    # after every weight sync each engine fingerprints the weights it serves and the learner compares them with its
+    # own (rlreason/weights_check.py: per-tensor fp64 sums, ~0.2 s for SmolLM2); a difference stops the run
+    check_sync: bool = True
+    sync_timeout_s: float = 600.0  # a worker that has not loaded new weights by then is restarted and loaded again
     threads: int = 0  # torch threads per rollout actor; 0 = the node's cores split among the actors computing at once
     vllm_kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE (whole GiB) on CPU
     vllm_gpu_memory_utilization: float = 0.3  # on CPU: the share of CPU memory; keep <= 0.3 there
@@ -357,6 +361,7 @@ class RolloutConfig:
     def check(self, cfg) -> None:
         _positives(self, "rollout", ("prompts_per_step", "group_size", "max_new_tokens", "num_workers", "max_batch", "temperature"))
         _positive("rollout.max_restarts", self.max_restarts, allow_zero=True)
+        _positive("rollout.sync_timeout_s", self.sync_timeout_s)
         _within("rollout.top_p", self.top_p, 0, 1, low_open=True)
         _choice("rollout.dtype", self.dtype, DTYPES)
         _gpus("rollout.gpus", self.gpus)

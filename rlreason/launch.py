@@ -97,6 +97,7 @@ def train(cfg, run_dir: Path) -> int:
     import ray
 
     from rlreason.data.tasks import DataError
+    from rlreason.orchestrator.fleet import SyncMismatch, SyncTimeout
     from rlreason.trainer import LearnerDied, StoppedEarly, Trainer
 
     try:
@@ -128,7 +129,7 @@ def train(cfg, run_dir: Path) -> int:
         cause = getattr(e, "cause", e)
         print(f"rlreason: training stopped at step {trainer.steps_done}: {cause}", file=sys.stderr, flush=True)
         return 1
-    except LearnerDied as e:
+    except (LearnerDied, SyncMismatch, SyncTimeout) as e:
         print(f"rlreason: training stopped at step {trainer.steps_done}: {e}", file=sys.stderr, flush=True)
         return 1
     except OSError as e:  # a full or read-only disk (from the driver, or a learner's checkpoint write)

@@ -106,7 +106,8 @@ class Trainer:
             t_train = time.perf_counter() - t0
             t0 = time.perf_counter()
             self.fleet.sync(train_metrics["learner/version"])  # 5. new weights to the rollout workers
-            timings = {"timing/train_s": t_train, "timing/sync_s": time.perf_counter() - t0,
+            t_sync = time.perf_counter() - t0  # the load and its check
+            timings = {"timing/train_s": t_train, "timing/sync_s": t_sync, "sync/s": t_sync, **self.fleet.sync_metrics,
                        "timing/step_s": time.perf_counter() - t_step}  # the step proper; evaluation is timed on its own
             metrics = self._step_metrics(step, sb, train_metrics, timings)
             if last or (cfg.eval_every and step % cfg.eval_every == 0):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -119,3 +120,24 @@ def unpack(payload):
     if isinstance(payload, WeightsFolder):
         return payload
     return from_transport(payload)
+
+
+def payload_bytes(payload) -> int:
+    """Bytes one weight sync moved to a worker: the arrays or tensors of a state dict or an
+    `AdapterUpdate` (transport form), or the files of a `WeightsFolder`."""
+    def size(x) -> int:
+        if isinstance(x, np.ndarray):
+            return x.nbytes
+        if isinstance(x, torch.Tensor):
+            return x.numel() * x.element_size()
+        if isinstance(x, dict):
+            return sum(size(v) for v in x.values())
+        if isinstance(x, tuple):
+            return sum(size(v) for v in x)
+        return 0
+
+    if isinstance(payload, WeightsFolder):
+        return sum(f.stat().st_size for f in Path(payload.path).iterdir() if f.is_file())
+    if isinstance(payload, AdapterUpdate):
+        return sum(size(d) for d in (payload.factors, payload.deltas, payload.stacked, payload.extras))
+    return size(payload)

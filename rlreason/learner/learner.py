@@ -160,6 +160,22 @@ class Learner:
             return {}
         return {SELECTION_BIAS_KEY: self.moe.bias.bias.clone()}
 
+    def weights_fingerprint(self, grouping: str, dtype: str) -> dict | None:
+        """The fingerprint (`rlreason/weights_check.py`) of what the rollout engines should now serve:
+        the weights `get_weights` returns, rounded to the engines' `dtype` (fp32 | bf16), grouped as
+        the engine groups its own (`grouping`), and the state sent with them. A collective under ZeRO-3
+        (call it on all ranks); None on ranks other than 0."""
+        from rlreason.policy import DTYPES
+        from rlreason.weights_check import GROUPINGS, fingerprint
+
+        with self.strategy.full_params():
+            if self.rank != 0:
+                return None
+            weights = merged_state_dict(self.model) if self.lora else self.model.state_dict()
+            groups = fingerprint(weights.items(), GROUPINGS[grouping], DTYPES[dtype])
+        groups.update(fingerprint(self._engine_extras().items()))  # sent and kept in fp32
+        return groups
+
     def put_weights(self) -> list | None:
         """The weights `get_weights` returns, put into Ray's object store from this actor (a
         collective under ZeRO-3: call it on all ranks): `[ref]` on rank 0, None elsewhere. The driver

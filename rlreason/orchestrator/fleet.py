@@ -9,7 +9,9 @@ reads the engine class's `weights_format` to ask the learner for the right paylo
 - `sync(version)` moves the learner's weights to every worker: through Ray's object store
   (TENSORS: the learner puts them there itself, the driver only passes the reference) or as an HF
   folder under the run directory that each engine reloads in place (HF_FOLDER). A worker that dies
-  during the sync is waited for (Ray restarts it) and the load is repeated.
+  during the sync is waited for (Ray restarts it) and the load is repeated; one that does not finish
+  within `rollout.sync_timeout_s` is killed, restarted and loaded again. Then every worker's
+  fingerprint of the weights it serves is compared with the learner's (`rollout.check_sync`).
 """
 
 from __future__ import annotations
@@ -26,8 +28,19 @@ from rlreason.batch import RolloutBatch
 from rlreason.rollout.engine import ENGINES
 from rlreason.rollout.worker import RolloutWorker
 from rlreason.transfer import HF_FOLDER, WeightsFolder
+from rlreason.weights_check import mismatches
 
 log = logging.getLogger(__name__)
+
+
+class SyncMismatch(RuntimeError):
+    """A rollout worker serves other weights than the learner sent (`RolloutFleet.check_served`)."""
+
+
+class SyncTimeout(RuntimeError):
+    """Rollout workers kept failing to load new weights within `rollout.sync_timeout_s`."""
+
+
 DEAD = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
 
 
@@ -50,6 +63,8 @@ class RolloutFleet:
         ]
         self.weights_version = 0
         self.restarts = 0  # recoveries so far (faults/rollout_recoveries)
+        self.sync_metrics: dict = {}  # the last checked sync's sync/* metrics
+        self._unchecked_warned = False
         ray.get([w.ping.remote() for w in self.workers])
 
     def generate(self, prompts: list[str], seed: int, greedy: bool = False, n: int | list[int] | None = None,
@@ -90,10 +105,25 @@ class RolloutFleet:
             payload = WeightsFolder(self.learners.call("save_weights", self.sync_dir))
         else:
             (payload,) = self.learners.call("put_weights")  # a reference into the object store
+        timeout = self.cfg.sync_timeout_s
         for attempt in range(self.cfg.max_restarts + 1):
-            try:  # loading is idempotent: after a death, every worker of the call loads again
-                ray.get([w.load_weights.remote(payload, version) for w in workers])
+            refs = [w.load_weights.remote(payload, version) for w in workers]
+            try:  # loading is idempotent: after a death or a hang, every worker of the call loads again
+                ray.get(refs, timeout=timeout)
                 break
+            except ray.exceptions.GetTimeoutError as e:
+                _, pending = ray.wait(refs, num_returns=len(refs), timeout=0)
+                hung = [self.workers.index(workers[refs.index(r)]) for r in pending]
+                if attempt == self.cfg.max_restarts:
+                    raise SyncTimeout(f"rollout worker(s) {hung} did not finish loading the weights of version {version} within "
+                                      f"rollout.sync_timeout_s={timeout:g} s, {attempt + 1} times (each time restarted); "
+                                      "giving up rather than waiting forever.") from e
+                log.warning("rollout worker(s) %s did not load the weights within rollout.sync_timeout_s=%g s; restarting "
+                            "them and syncing again", hung, timeout)
+                for k in hung:
+                    ray.kill(self.workers[k], no_restart=False)  # Ray restarts it (max_restarts) with the initial weights
+                self._versions()
+                self.restarts += 1
             except DEAD as e:
                 if attempt == self.cfg.max_restarts:
                     raise RuntimeError(f"rollout workers died {attempt + 1} times in one weight sync; giving up") from e
@@ -102,6 +132,28 @@ class RolloutFleet:
                 self._versions()
                 self.restarts += 1
         self.weights_version = version
+        if self.cfg.check_sync:
+            self.check_served(version, workers)
+
+    def check_served(self, version: int, workers: list) -> None:
+        """Every worker's fingerprint of the weights it now serves must equal the learner's
+        (`rlreason/weights_check.py`); a difference stops the run naming the worker and the weights.
+        Sets `sync_metrics` (sync/fingerprint_ok, sync/bytes) for the step's log."""
+        served = ray.get([w.served_weights.remote() for w in workers], timeout=self.cfg.sync_timeout_s)
+        if served[0] is None:
+            if not self._unchecked_warned:
+                log.warning("rollout.engine=%s cannot fingerprint its weights: weight syncs are not checked", self.cfg.engine)
+                self._unchecked_warned = True
+            return
+        expected = self.learners.call("weights_fingerprint", served[0]["grouping"], served[0]["dtype"])
+        for w, answer in zip(workers, served):
+            bad = mismatches(expected, answer["groups"])
+            if bad:
+                raise SyncMismatch(
+                    f"the weight sync to version {version} was not served as sent: rollout worker {self.workers.index(w)} "
+                    f"differs from the learner in {len(bad)} of {len(expected)} weight groups (first: {bad[0]}). The "
+                    f"transfer or the engine's load is broken; the run stops rather than train on samples from other weights.")
+        self.sync_metrics = {"sync/fingerprint_ok": 1.0, "sync/bytes": float(sum(a["bytes"] for a in served))}
 
     def recover(self) -> None:
         """Wait until every worker answers again (Ray restarts dead ones), then give the restarted

@@ -46,6 +46,12 @@ class Engine(Protocol):
     def score(self, batch: RolloutBatch, temperature: float = 1.0) -> torch.Tensor:
         """Teacher-forced log-probs [B, T] of the batch's responses under the current weights (checks)."""
 
+    def fingerprint(self) -> dict:
+        """What the engine serves now, for the sync check (`rlreason/weights_check.py`): {"groups": a
+        Fingerprint of its weights (and any state sent with them), "grouping": how names were grouped
+        (a key of `weights_check.GROUPINGS`), "dtype": the dtype its weights are held in}. An engine
+        without this method is not checked (the trainer says so once)."""
+
 
 ENGINES = Registry("engine", "rollout.engine", error=UnknownEngine)
 ENGINES.register_path("hf", "rlreason.rollout.hf:HFEngine")

@@ -26,6 +26,7 @@ from rlreason.policy import load_policy, load_tokenizer
 from rlreason.rollout.decode import sample
 from rlreason.rollout.routing import RoutingRecorder, find_routers
 from rlreason.transfer import TENSORS, AdapterUpdate, merge_adapter_update
+from rlreason.weights_check import fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,13 @@ class HFEngine:
             if self.selection_bias is None:
                 self.selection_bias = SelectionBias(self.model, torch.zeros_like(bias, dtype=torch.float32))
             self.selection_bias.load(bias)
+
+    def fingerprint(self) -> dict:
+        """The served weights by name, and the selection bias when one was sent (Engine.fingerprint)."""
+        named = list(self.model.state_dict().items())
+        if self.selection_bias is not None:
+            named.append((SELECTION_BIAS_KEY, self.selection_bias.bias))
+        return {"groups": fingerprint(named), "grouping": "name", "dtype": self.dtype}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.model.load_state_dict(state_dict, strict=True)  # copies cast to the engine's dtype

@@ -11,7 +11,7 @@ import logging
 from rlreason.batch import RolloutBatch
 from rlreason.rollout.engine import ENGINES
 from rlreason.rollout.routing import validate_routed_experts
-from rlreason.transfer import unpack
+from rlreason.transfer import payload_bytes, unpack
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,7 @@ class RolloutWorker:
         else:
             self.engine = cls(model_path, threads=threads, **engine_options)
         self.weights_version = 0
+        self.received_bytes = 0  # the last weight sync's payload
         self._routing_warned = False
 
     def load_weights(self, payload, version: int) -> int:
@@ -36,7 +37,15 @@ class RolloutWorker:
         learner exported in the engine's `weights_format` (`rlreason/transfer.py`)."""
         self.engine.load_weights(unpack(payload))
         self.weights_version = version
+        self.received_bytes = payload_bytes(payload)
         return version
+
+    def served_weights(self) -> dict | None:
+        """The engine's fingerprint of what it now serves (`Engine.fingerprint`) and the bytes of the last
+        sync's payload; None for an engine that cannot fingerprint itself."""
+        if not hasattr(self.engine, "fingerprint"):
+            return None
+        return {**self.engine.fingerprint(), "bytes": self.received_bytes, "version": self.weights_version}
 
     def generate(
         self,
