@@ -43,3 +43,20 @@ def test_payload_bytes_counts_what_a_sync_moves(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"x" * 100)
     (tmp_path / "config.json").write_text("{}")
     assert payload_bytes(WeightsFolder(str(tmp_path))) == 102
+
+
+def test_a_bf16_hf_engine_serves_what_the_fp32_learners_weights_round_to(tiny_policy):
+    from rlreason.config import AlgoConfig, LearnerConfig
+    from rlreason.learner.learner import Learner
+    from rlreason.rollout.worker import RolloutWorker
+    from rlreason.transfer import to_transport
+    from rlreason.weights_check import mismatches
+
+    learner = Learner(tiny_policy, LearnerConfig(threads=1), AlgoConfig(), 1.0, 12, 0)
+    worker = RolloutWorker("hf", tiny_policy, threads=1, dtype="bf16")
+    worker.load_weights(to_transport(learner.get_weights()), 1)
+    served = worker.served_weights()
+    assert served["grouping"] == "name" and served["dtype"] == "bfloat16" and served["version"] == 1
+    assert mismatches(learner.weights_fingerprint("name", "bfloat16"), served["groups"]) == []
+    unrounded = mismatches(learner.weights_fingerprint("name", "float32"), served["groups"])
+    assert len(unrounded) > len(served["groups"]) // 2  # without the rounding, most tensors differ

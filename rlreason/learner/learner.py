@@ -162,17 +162,16 @@ class Learner:
 
     def weights_fingerprint(self, grouping: str, dtype: str) -> dict | None:
         """The fingerprint (`rlreason/weights_check.py`) of what the rollout engines should now serve:
-        the weights `get_weights` returns, rounded to the engines' `dtype` (fp32 | bf16), grouped as
+        the weights `get_weights` returns, rounded to the engines' `dtype` (a torch dtype name), grouped as
         the engine groups its own (`grouping`), and the state sent with them. A collective under ZeRO-3
         (call it on all ranks); None on ranks other than 0."""
-        from rlreason.policy import DTYPES
         from rlreason.weights_check import GROUPINGS, fingerprint
 
         with self.strategy.full_params():
             if self.rank != 0:
                 return None
             weights = merged_state_dict(self.model) if self.lora else self.model.state_dict()
-            groups = fingerprint(weights.items(), GROUPINGS[grouping], DTYPES[dtype])
+            groups = fingerprint(weights.items(), GROUPINGS[grouping], getattr(torch, dtype))
         groups.update(fingerprint(self._engine_extras().items()))  # sent and kept in fp32
         return groups
 

@@ -49,7 +49,7 @@ class Engine(Protocol):
     def fingerprint(self) -> dict:
         """What the engine serves now, for the sync check (`rlreason/weights_check.py`): {"groups": a
         Fingerprint of its weights (and any state sent with them), "grouping": how names were grouped
-        (a key of `weights_check.GROUPINGS`), "dtype": the dtype its weights are held in}. An engine
+        (a key of `weights_check.GROUPINGS`), "dtype": the torch dtype name its weights are held in}. An engine
         without this method is not checked (the trainer says so once)."""
 
 

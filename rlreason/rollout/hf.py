@@ -22,7 +22,7 @@ import torch
 from rlreason.batch import RolloutBatch, per_prompt_counts
 from rlreason.forward import response_logprobs
 from rlreason.moe.balance import SELECTION_BIAS_KEY, SelectionBias
-from rlreason.policy import load_policy, load_tokenizer
+from rlreason.policy import DTYPES, load_policy, load_tokenizer
 from rlreason.rollout.decode import sample
 from rlreason.rollout.routing import RoutingRecorder, find_routers
 from rlreason.transfer import TENSORS, AdapterUpdate, merge_adapter_update
@@ -90,7 +90,7 @@ class HFEngine:
         named = list(self.model.state_dict().items())
         if self.selection_bias is not None:
             named.append((SELECTION_BIAS_KEY, self.selection_bias.bias))
-        return {"groups": fingerprint(named), "grouping": "name", "dtype": self.dtype}
+        return {"groups": fingerprint(named), "grouping": "name", "dtype": str(DTYPES[self.dtype]).removeprefix("torch.")}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.model.load_state_dict(state_dict, strict=True)  # copies cast to the engine's dtype
