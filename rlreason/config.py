@@ -343,7 +343,7 @@ class RolloutConfig:
     gpus: float = -1.0  # Ray GPUs per rollout actor; -1 = 1 if the cluster has GPUs, else 0 (0.5: share one with a learner)
     max_restarts: int = 3  # a rollout actor that dies is restarted this often, given current weights, and the step retried
     # after every weight sync each engine fingerprints the weights it serves and the learner compares them with its
-    # own (rlreason/weights_check.py: per-tensor fp64 sums, ~0.2 s for SmolLM2); a difference stops the run
+    # own (rlreason/weights_check.py: per-tensor fp64 sums, ~0.6 s a side for SmolLM2 here); a difference stops the run
     check_sync: bool = True
     sync_timeout_s: float = 600.0  # a worker that has not loaded new weights by then is restarted and loaded again
     threads: int = 0  # torch threads per rollout actor; 0 = the node's cores split among the actors computing at once
