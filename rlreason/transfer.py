@@ -124,12 +124,16 @@ def unpack(payload):
 
 def payload_bytes(payload) -> int:
     """Bytes one weight sync moved to a worker: the arrays or tensors of a state dict or an
-    `AdapterUpdate` (transport form), or the files of a `WeightsFolder`."""
+    `AdapterUpdate` (transport form; an array under two names, a tied embedding, travels once), or the
+    files of a `WeightsFolder`."""
+    seen: set[int] = set()
+
     def size(x) -> int:
-        if isinstance(x, np.ndarray):
+        if isinstance(x, (np.ndarray, torch.Tensor)):
+            if id(x) in seen:
+                return 0
+            seen.add(id(x))
             return x.nbytes
-        if isinstance(x, torch.Tensor):
-            return x.numel() * x.element_size()
         if isinstance(x, dict):
             return sum(size(v) for v in x.values())
         if isinstance(x, tuple):

@@ -36,8 +36,9 @@ def test_one_changed_element_a_sign_flip_and_a_missing_tensor_are_each_named():
 def test_payload_bytes_counts_what_a_sync_moves(tmp_path):
     from rlreason.transfer import AdapterUpdate, WeightsFolder, payload_bytes, to_transport
 
-    weights = to_transport({"w": torch.zeros(3, 4), "h": torch.zeros(2, dtype=torch.bfloat16)})
-    assert payload_bytes(weights) == 3 * 4 * 4 + 2 * 2
+    tied = torch.zeros(3, 4)
+    weights = to_transport({"w": tied, "lm_head": tied, "h": torch.zeros(2, dtype=torch.bfloat16)})
+    assert payload_bytes(weights) == 3 * 4 * 4 + 2 * 2  # the tied array travels once
     update = AdapterUpdate(factors={"q": (torch.zeros(2, 8), torch.zeros(8, 2), 2.0)}, extras={"bias": torch.zeros(5)})
     assert payload_bytes(update.to_transport()) == (16 + 16 + 5) * 4
     (tmp_path / "model.safetensors").write_bytes(b"x" * 100)
