@@ -22,7 +22,10 @@ class RolloutBatch:
     routed_experts: Optional[torch.Tensor] = None  # [B, T, layers, top_k] when the engine records it
     prompt_routed_experts: Optional[torch.Tensor] = None  # [B, P, layers, top_k] the prefill's routing, -1 on padding
     budgets: Optional[torch.Tensor] = None  # [B] token budgets from a curriculum
-    weights_version: int = 0  # the learner step whose weights sampled this batch
+    weights_version: int = 0  # the learner step whose weights sampled this batch (the oldest, for a concat)
+    # [B, T] int32: the weights version that produced each response token, -1 on padding (the rollout
+    # worker stamps it; under trainer.mode=async the staleness gate and metrics read it)
+    versions: Optional[torch.Tensor] = None
     meta: dict = field(default_factory=dict)
 
     @property
@@ -64,8 +67,10 @@ class RolloutBatch:
             sampling_logprobs=torch.cat([rpad(p.sampling_logprobs, T, 0.0) for p in parts]),
             group_index=torch.cat([p.group_index for p in parts]),
             truncated=torch.cat([p.truncated for p in parts]),
-            weights_version=parts[0].weights_version,
+            weights_version=min(p.weights_version for p in parts),
         )
+        if all(p.versions is not None for p in parts):
+            out["versions"] = torch.cat([rpad(p.versions, T, -1) for p in parts])
         for name in ("rewards", "correct", "budgets"):
             if all(getattr(p, name) is not None for p in parts):
                 out[name] = torch.cat([getattr(p, name) for p in parts])

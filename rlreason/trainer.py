@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from rlreason.data.sampler import indices_digest
+from rlreason.orchestrator.async_rollouts import AsyncRollouts
 from rlreason.orchestrator.batches import BatchBuilder, PromptFormat, StepBatch
 from rlreason.orchestrator.checkpoints import Checkpointer
 from rlreason.orchestrator.evaluator import Evaluator
@@ -22,6 +23,7 @@ from rlreason.orchestrator.learners import LearnerDied, LearnerGroup  # noqa: F4
 from rlreason.orchestrator.placement import gpus, placement, threads_per_actor
 from rlreason.orchestrator.policy_source import InitialPolicy, initial_policy
 from rlreason.orchestrator.scorer import RewardPlan, Scorer
+from rlreason.orchestrator.staleness import staleness_metrics
 from rlreason.orchestrator.task_data import TaskData, load_task_data
 from rlreason.policy import load_tokenizer
 from rlreason.telemetry.memory import peak_rss_mb
@@ -63,7 +65,9 @@ class Trainer:
         if cfg.resume and resume_dir is None:
             log.warning("resume=true but %s holds no checkpoint: starting from step 0", self.checkpoints.root)
         tokenizer = load_tokenizer(self.policy.path)  # the policy's own: padding, chat template
-        L, R, overlap = cfg.learner.num_workers, cfg.rollout.num_workers, bool(cfg.trainer.off_policy_steps)
+        L, R = cfg.learner.num_workers, cfg.rollout.num_workers
+        # learner and engines run at once (the threads are split between them); async with max_staleness=0 does not
+        overlap = bool(cfg.trainer.off_policy_steps) or (cfg.trainer.mode == "async" and cfg.trainer.max_staleness > 0)
         learner_res = {"num_cpus": cfg.learner.cpus, "num_gpus": gpus(cfg.learner.gpus)}
         rollout_res = {"num_cpus": cfg.rollout.cpus, "num_gpus": gpus(cfg.rollout.gpus)}
         place = placement(cfg.ray.placement, [learner_res] * L + [rollout_res] * R)
@@ -90,27 +94,37 @@ class Trainer:
             eval_before = self._logged_eval(step=0)
         eval_after = None
         prefetched = None  # trainer.off_policy_steps=1: the next step's batch, generated during this step's update
+        rollouts = self._async_rollouts() if cfg.trainer.mode == "async" else None
         for step in range(self.start_step + 1, cfg.total_steps + 1):
             self.step_in_progress = step
             t_step = time.perf_counter()
             sb = prefetched or self.batches.next(step)  # 1-3. the curriculum picks prompts, the workers generate, the verifiers score
             prefetched = None
             self.steps_done = step
-            self.data_state = self.batches.state()  # what a checkpoint after this step records
             t0 = time.perf_counter()
             futures = self.learners.submit("train_step", sb.batch, self.progress(step))  # 4. learner
             last = step == cfg.total_steps or bool(cfg.rollout_token_budget and self.batches.rollout_tokens >= cfg.rollout_token_budget)
-            if cfg.trainer.off_policy_steps and not last:
+            if rollouts is not None:
+                rollouts.train(futures)  # the workers generate the next steps meanwhile, as far as the gate lets them
+            elif cfg.trainer.off_policy_steps and not last:
                 prefetched = self.batches.next(step + 1)  # generated with the weights from before this update
             train_metrics = self.learners.wait(futures, "train_step")
             t_train = time.perf_counter() - t0
+            self.data_state = self.batches.state_after(step)  # what a checkpoint after this step records
             t0 = time.perf_counter()
-            self.fleet.sync(train_metrics["learner/version"])  # 5. new weights to the rollout workers
-            t_sync = time.perf_counter() - t0  # the load and its check
+            if rollouts is not None:
+                rollouts.publish(train_metrics["learner/version"])  # 5. queued behind each worker's shard in flight
+            else:
+                self.fleet.sync(train_metrics["learner/version"])  # 5. new weights to the rollout workers
+            t_sync = time.perf_counter() - t0  # sync: the load and its check; async: the export (the load is timed as sync/s)
             timings = {"timing/train_s": t_train, "timing/sync_s": t_sync, "sync/s": t_sync, **self.fleet.sync_metrics,
                        "timing/step_s": time.perf_counter() - t_step}  # the step proper; evaluation is timed on its own
+            if rollouts is not None:
+                timings.update({**rollouts.step_metrics(), **staleness_metrics(sb.batch.versions, step - 1)})
             metrics = self._step_metrics(step, sb, train_metrics, timings)
             if last or (cfg.eval_every and step % cfg.eval_every == 0):
+                if rollouts is not None:
+                    rollouts.settle()  # the evaluation reads the newest weights, checked
                 t0 = time.perf_counter()
                 eval_after = self.evaluate(step)
                 metrics.update({**eval_after, "timing/eval_s": time.perf_counter() - t0})
@@ -127,6 +141,14 @@ class Trainer:
         if eval_after is None:
             eval_after = self.evaluate(self.steps_done)
         return self._summary(eval_before, eval_after)
+
+    def _async_rollouts(self) -> AsyncRollouts:
+        """trainer.mode=async: the batch builder's rounds come from workers that generate ahead."""
+        cfg = self.cfg
+        rollouts = AsyncRollouts(self.fleet, self.batches.plan, cfg.trainer.max_staleness, cfg.total_steps,
+                                 version=self.start_step, check_sync=cfg.rollout.check_sync)
+        self.batches.source = rollouts
+        return rollouts
 
     def progress(self, step: int) -> float:
         """Training progress in [0, 1] for scheduled estimators: steps, or the token budget if that ends sooner."""

@@ -120,7 +120,7 @@ def test_batch_builder_keeps_only_groups_inside_the_band_and_renumbers_them(tiny
     assert 1 <= rounds <= 4 and (len(sb.indices) == 4 or sb.metrics["curriculum/short_batch"] == 1.0)
     # every round's tokens count, kept or not
     assert builder.rollout_tokens >= int(sb.batch.response_mask.sum())
-    assert builder.state()["rollout_tokens"] == builder.rollout_tokens
+    assert builder.state_after(1)["rollout_tokens"] == builder.rollout_tokens
 
 
 def test_batch_builder_under_a_length_budget_caps_generation_and_shapes_the_reward(tiny_policy):
@@ -144,7 +144,10 @@ def test_batch_builder_is_deterministic_for_a_seed_and_resumes_from_its_state(ti
     a, sa = _builder(tiny_policy, ["recipe=grpo"])
     b, sb_ = _builder(tiny_policy, ["recipe=grpo"])
     first = a.next(1)
-    state = json.loads(json.dumps(a.state()))  # as a checkpoint stores it
+    a.plan(2, 0), a.plan(3, 0)  # trainer.mode=async draws later steps' prompts before step 1 is checkpointed
+    state = json.loads(json.dumps(a.state_after(1)))  # as a checkpoint stores it
+    assert state["consumed"] == len(first.indices)  # the position before step 2's prompts: none of them is skipped
+    a.load_state(json.loads(json.dumps(state)))
     second = a.next(2)
     b.load_state(state)
     resumed = b.next(2)

@@ -11,6 +11,7 @@ at all trains on its last round unfiltered, and says so). Every round's tokens c
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass
@@ -32,6 +33,32 @@ class StepBatch:
     metrics: dict  # reward/*, verifier/*, curriculum/*
     rollout_s: float
     reward_s: float
+
+
+@dataclass
+class RoundPlan:
+    """One generation round of one step: what the curriculum chose, and how to sample it."""
+    step: int
+    round: int
+    indices: list[int]  # training problems, one group each
+    counts: list[int]  # responses per group
+    prompts: list[str]  # formatted as the policy reads them
+    seed: int
+    max_new_tokens: int
+    budget: int | None  # the length curriculum's token budget (None: off)
+
+
+class SyncRollouts:
+    """trainer.mode=sync (and the one-step-off mode): a round is generated when it is asked for, with
+    the weights the workers serve then. `async_rollouts.AsyncRollouts` is the other source."""
+
+    def __init__(self, fleet, plan):
+        self.fleet, self.plan = fleet, plan
+
+    def round(self, step: int, rnd: int) -> tuple[RoundPlan, RolloutBatch, list[str]]:
+        p = self.plan(step, rnd)
+        batch, texts = self.fleet.generate(p.prompts, seed=p.seed, n=p.counts, max_new_tokens=p.max_new_tokens)
+        return p, batch, texts
 
 
 class PromptFormat:
@@ -57,7 +84,9 @@ class BatchBuilder:
         self.train, self.fleet, self.scorer, self.prompt = train, fleet, scorer, prompt_format
         self.sampler = PromptSampler(len(train), cfg.rollout.prompts_per_step, seed=cfg.seed)
         self.curriculum = build_curriculum(cfg, self.sampler, train)
-        self.rollout_tokens = 0  # response tokens generated for training so far (all rounds, kept or not)
+        self.rollout_tokens = 0  # response tokens trained on or filtered out so far (all rounds, kept or not)
+        self.source = SyncRollouts(fleet, self.plan)  # the trainer swaps in AsyncRollouts under trainer.mode=async
+        self._before: dict[int, dict] = {}  # step -> the data position before its prompts were drawn
 
     def next(self, step: int) -> StepBatch:
         """The scored batch of `step`; the curriculum observes it before it is returned."""
@@ -65,10 +94,30 @@ class BatchBuilder:
         out.metrics.update(self.curriculum.observe(step, out.indices, out.batch))
         return out
 
-    def state(self) -> dict:
-        """The data position now: sampler, curriculum, tokens so far (checkpoints and metrics)."""
-        return {"sampler": self.sampler.state_dict(), "curriculum": self.curriculum.state_dict(),
-                "rollout_tokens": self.rollout_tokens, "consumed": self.sampler.consumed, "epoch": self.sampler.epoch}
+    def plan(self, step: int, rnd: int) -> RoundPlan:
+        """Round `rnd` of `step`: the curriculum draws its prompts (and their rollout counts and budget)."""
+        if rnd == 0:
+            self._before[step] = self._position()
+        cfg, cur = self.cfg, self.curriculum
+        budget = cur.budget(step)
+        indices = cur.prompts(step, rnd)
+        counts = cur.rollouts(step, indices) or [cfg.rollout.group_size] * len(indices)
+        return RoundPlan(step, rnd, indices, counts, [self.prompt(self.train[i], budget) for i in indices],
+                         seed=cfg.seed * 1_000_003 + step + 7_919 * rnd,
+                         max_new_tokens=cur.cap(budget) if budget else cfg.rollout.max_new_tokens, budget=budget)
+
+    def state_after(self, step: int) -> dict:
+        """The data position to resume from after `step` (checkpoints and metrics): the sampler and the
+        curriculum as they were before step + 1's prompts were drawn, and the tokens counted so far. Under
+        trainer.mode=async later steps' prompts are drawn ahead of training; a resume draws them again
+        rather than skip them (the curriculum's observations of the steps in between are not kept)."""
+        for s in [s for s in self._before if s <= step]:
+            del self._before[s]
+        return {**(self._before.get(step + 1) or self._position()), "rollout_tokens": self.rollout_tokens}
+
+    def _position(self) -> dict:
+        return {"sampler": copy.deepcopy(self.sampler.state_dict()), "curriculum": copy.deepcopy(self.curriculum.state_dict()),
+                "consumed": self.sampler.consumed, "epoch": self.sampler.epoch}
 
     def load_state(self, state: dict) -> None:
         self.sampler.load_state_dict(state["sampler"])
@@ -77,25 +126,19 @@ class BatchBuilder:
         self.rollout_tokens = state.get("rollout_tokens", 0)
 
     def _collect(self, step: int) -> StepBatch:
-        cfg, a = self.cfg, self.cfg.algo
-        G, want = cfg.rollout.group_size, cfg.rollout.prompts_per_step
+        a = self.cfg.algo
+        want = self.cfg.rollout.prompts_per_step
         kept_parts, kept_indices = [], []
         rounds, seen_groups, passed, t_rollout, t_reward = 0, 0, 0, 0.0, 0.0
         reward_metrics = {}
-        cur = self.curriculum
-        budget = cur.budget(step)
-        max_new = cur.cap(budget) if budget else cfg.rollout.max_new_tokens
-        shape = (lambda correct, fmt, lengths: cur.shape_rewards(correct, fmt, lengths, budget)) if budget is not None else None
         while True:
             rounds += 1
-            indices = cur.prompts(step, rounds - 1)
-            counts = cur.rollouts(step, indices) or [G] * len(indices)
             t0 = time.perf_counter()
-            seed = cfg.seed * 1_000_003 + step + 7_919 * (rounds - 1)
-            prompts = [self.prompt(self.train[i], budget) for i in indices]
-            batch, texts = self.fleet.generate(prompts, seed=seed, n=counts, max_new_tokens=max_new)
+            plan, batch, texts = self.source.round(step, rounds - 1)
+            indices, counts, budget = plan.indices, plan.counts, plan.budget
             t_rollout += time.perf_counter() - t0
             self.rollout_tokens += int(batch.response_mask.sum())  # every round counts, kept or dropped
+            shape = (lambda c, f, n, b=budget: self.curriculum.shape_rewards(c, f, n, b)) if budget is not None else None
             t0 = time.perf_counter()
             samples = [self.train[i].as_sample() for i, c in zip(indices, counts) for _ in range(c)]
             round_metrics = self.scorer.score(batch, texts, samples, shape, where=f"step {step}")

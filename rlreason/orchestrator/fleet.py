@@ -6,7 +6,7 @@ reads the engine class's `weights_format` to ask the learner for the right paylo
 - `generate` splits the prompts across the workers and retries with the same seeds when a worker
   died (Ray restarts it with the initial weights) or answered with stale weights, after bringing
   the restarted ones to the current weights (`rollout.max_restarts` tries).
-- `sync(version)` moves the learner's weights to every worker: through Ray's object store
+- `sync(version)` moves the learner's weights (`export`) to every worker: through Ray's object store
   (TENSORS: the learner puts them there itself, the driver only passes the reference) or as an HF
   folder under the run directory that each engine reloads in place (HF_FOLDER). A worker that dies
   during the sync is waited for (Ray restarts it) and the load is repeated; one that does not finish
@@ -17,6 +17,7 @@ reads the engine class's `weights_format` to ask the learner for the right paylo
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -65,6 +66,8 @@ class RolloutFleet:
         self.restarts = 0  # recoveries so far (faults/rollout_recoveries)
         self.sync_metrics: dict = {}  # the last checked sync's sync/* metrics
         self._unchecked_warned = False
+        self._exported = None  # (version, payload) of the last export
+        self._expected: dict = {}  # (version, grouping, dtype) -> futures of the learner's fingerprint of that export
         ray.get([w.ping.remote() for w in self.workers])
 
     def generate(self, prompts: list[str], seed: int, greedy: bool = False, n: int | list[int] | None = None,
@@ -98,13 +101,35 @@ class RolloutFleet:
         texts = [t for _, ts in results for t in ts]
         return batch, texts
 
-    def sync(self, version: int, workers: list | None = None) -> None:
-        """Give `workers` (default: all) the learner's current weights, labelled `version`."""
-        workers = self.workers if workers is None else workers
+    def export(self, version: int):
+        """The learner's current weights as the workers' payload, labelled `version`: a reference into the
+        object store (TENSORS: the learner puts them there itself, the driver never fetches them) or an HF
+        folder under the run directory, one per version (HF_FOLDER). The last export is kept, so a worker
+        restarted later gets the very same weights even if the learner has trained on since (async)."""
+        if self._exported is not None and self._exported[0] == version:
+            return self._exported[1]
         if self.weights_format == HF_FOLDER:
-            payload = WeightsFolder(self.learners.call("save_weights", self.sync_dir))
+            payload = WeightsFolder(self.learners.call("save_weights", f"{self.sync_dir}/v{version}"))
         else:
-            (payload,) = self.learners.call("put_weights")  # a reference into the object store
+            (payload,) = self.learners.call("put_weights")
+        self._exported = (version, payload)
+        return payload
+
+    def expect(self, version: int, grouping: str, dtype: str) -> list:
+        """Futures of the learner's fingerprint of export `version`, as `grouping`/`dtype` engines see it.
+        Under async the driver asks right after `export`, before the learner trains on; it is kept until
+        that version is checked."""
+        key = (version, grouping, dtype)
+        if key not in self._expected:
+            if self._exported is None or self._exported[0] != version:
+                raise RuntimeError(f"the learner's fingerprint of weights version {version} was not taken when they were exported")
+            self._expected[key] = self.learners.submit("weights_fingerprint", grouping, dtype)
+        return self._expected[key]
+
+    def sync(self, version: int, workers: list | None = None) -> None:
+        """Give `workers` (default: all) the learner's weights labelled `version`; block until they serve them."""
+        workers = self.workers if workers is None else workers
+        payload = self.export(version)
         timeout = self.cfg.sync_timeout_s
         for attempt in range(self.cfg.max_restarts + 1):
             refs = [w.load_weights.remote(payload, version) for w in workers]
@@ -120,10 +145,7 @@ class RolloutFleet:
                                       "giving up rather than waiting forever.") from e
                 log.warning("rollout worker(s) %s did not load the weights within rollout.sync_timeout_s=%g s; restarting "
                             "them and syncing again", hung, timeout)
-                for k in hung:
-                    ray.kill(self.workers[k], no_restart=False)  # Ray restarts it (max_restarts) with the initial weights
-                self._versions()
-                self.restarts += 1
+                self.restart(hung)
             except DEAD as e:
                 if attempt == self.cfg.max_restarts:
                     raise RuntimeError(f"rollout workers died {attempt + 1} times in one weight sync; giving up") from e
@@ -134,24 +156,45 @@ class RolloutFleet:
         self.weights_version = version
         if self.cfg.check_sync:
             self.check_served(version, workers)
+        if len(workers) == len(self.workers):
+            self.prune_folders(version)
 
-    def check_served(self, version: int, workers: list) -> None:
+    def restart(self, hung: list[int]) -> None:
+        """Kill workers that hang (Ray restarts them with the initial weights) and wait until they answer."""
+        for k in hung:
+            ray.kill(self.workers[k], no_restart=False)
+        self._versions()
+        self.restarts += 1
+
+    def prune_folders(self, version: int) -> None:
+        """Every worker serves `version`: the HF folders of older versions can go."""
+        root = Path(self.sync_dir)
+        for folder in root.glob("v*") if root.is_dir() else ():
+            if folder.name[1:].isdigit() and int(folder.name[1:]) < version:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def check_served(self, version: int, workers: list, served: list | None = None) -> None:
         """Every worker's fingerprint of the weights it now serves must equal the learner's
         (`rlreason/weights_check.py`); a difference stops the run naming the worker and the weights.
-        Sets `sync_metrics` (sync/fingerprint_ok, sync/bytes) for the step's log."""
-        served = ray.get([w.served_weights.remote() for w in workers], timeout=self.cfg.sync_timeout_s)
+        `served`: the workers' `served_weights()` answers when the caller has them. Sets `sync_metrics`
+        (sync/fingerprint_ok, sync/bytes) for the step's log."""
+        if served is None:
+            served = ray.get([w.served_weights.remote() for w in workers], timeout=self.cfg.sync_timeout_s)
         if served[0] is None:
             if not self._unchecked_warned:
                 log.warning("rollout.engine=%s cannot fingerprint its weights: weight syncs are not checked", self.cfg.engine)
                 self._unchecked_warned = True
             return
-        expected = self.learners.call("weights_fingerprint", served[0]["grouping"], served[0]["dtype"])
+        expected = self.learners.wait(self.expect(version, served[0]["grouping"], served[0]["dtype"]), "weights_fingerprint")
+        for key in [k for k in self._expected if k[0] < version]:  # older versions are checked or superseded
+            del self._expected[key]
         for w, answer in zip(workers, served):
             bad = mismatches(expected, answer["groups"])
-            if bad:
+            if bad or answer["version"] != version:
+                first = bad[0] if bad else f"it serves version {answer['version']}"
                 raise SyncMismatch(
                     f"the weight sync to version {version} was not served as sent: rollout worker {self.workers.index(w)} "
-                    f"differs from the learner in {len(bad)} of {len(expected)} weight groups (first: {bad[0]}). The "
+                    f"differs from the learner in {len(bad)} of {len(expected)} weight groups (first: {first}). The "
                     f"transfer or the engine's load is broken; the run stops rather than train on samples from other weights.")
         self.sync_metrics = {"sync/fingerprint_ok": 1.0, "sync/bytes": float(sum(a["bytes"] for a in served))}
 

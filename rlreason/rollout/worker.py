@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from rlreason.batch import RolloutBatch
 from rlreason.rollout.engine import ENGINES
 from rlreason.rollout.routing import validate_routed_experts
@@ -63,6 +65,7 @@ class RolloutWorker:
         )
         batch.group_index = batch.group_index + group_offset
         batch.weights_version = self.weights_version
+        batch.versions = torch.where(batch.response_mask.bool(), self.weights_version, -1).to(torch.int32)
         if batch.routed_experts is not None:
             num_experts, top_k = self.engine.moe_shape
             try:
