@@ -1,0 +1,116 @@
+"""Synchronous vs one-step-off vs asynchronous training at an equal rollout-token budget.
+
+    .venv/bin/python benchmarks/async_rl.py [--seeds 0,1,2] [--tokens 250000] [--arms "sync;async k=2"] [--out DIR] [-- extra overrides]
+
+Each arm is `make run`'s job (recipe=tempo on the default task, the tiny MoE: 32 prompts x 8 samples, up
+to 32 tokens), run through `rlreason/run.py` until `rollout_token_budget` tokens, evaluated on the held-out
+split before and after (greedy, and pass@1 from 8 samples). Every arm uses `algo.tis_mode=token`, so the
+only difference is when the samples were generated. The seeds run one after another, the arms alternating.
+Per run it keeps `metrics.jsonl` and `summary.json` under `--out`, and prints one table: steps and wall
+time of the training steps, steps per hour, learner and rollout utilisation, staleness, and held-out
+accuracy (mean over seeds, with the binomial std of one eval beside it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+ARMS = {
+    "sync": [],
+    "one-step-off": ["trainer.off_policy_steps=1"],
+    "async k=1": ["trainer.mode=async", "trainer.max_staleness=1"],
+    "async k=2": ["trainer.mode=async", "trainer.max_staleness=2"],
+    "async k=4": ["trainer.mode=async", "trainer.max_staleness=4"],
+}
+
+
+def summarise(run_dir: Path) -> dict:
+    steps = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [m for m in steps if "timing/step_s" in m]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    wall = sum(m["timing/step_s"] for m in train)
+    after = summary["eval_after_rl"]
+    if train and "timing/rollout_idle_s" in train[0]:
+        rollout_busy = 1 - sum(m["timing/rollout_idle_s"] for m in train) / wall
+    else:  # sync and one-step-off: the workers compute during timing/rollout_s only
+        rollout_busy = sum(m["timing/rollout_s"] for m in train) / wall
+    return {
+        "steps": len(train),
+        "tokens": summary["rollout_tokens"],
+        "wall_s": wall,
+        "steps_per_hour": 3600 * len(train) / wall,
+        "learner_util": sum(m["timing/learner_s"] for m in train) / wall,
+        "rollout_util": rollout_busy,
+        "staleness": statistics.mean(m.get("async/staleness_mean", m["rollout/weights_lag"]) for m in train),
+        "greedy_before": summary["eval_accuracy_before_rl"],
+        "greedy_after": summary["eval_accuracy_after_rl"],
+        "pass1_after": after.get("accuracy/eval_sampled"),
+        "std_greedy": after.get("eval/binomial_std"),
+        "std_pass1": after.get("eval/binomial_std_sampled"),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--tokens", type=int, default=250_000, help="rollout_token_budget of every run")
+    ap.add_argument("--arms", default="", help="';'-separated arm names (default: all)")
+    ap.add_argument("--out", default=None, help="keep each run's metrics.jsonl and summary.json here")
+    ap.add_argument("extra", nargs="*", help="overrides for every arm")
+    args = ap.parse_args()
+    arms = {a: ARMS[a] for a in (args.arms.split(";") if args.arms else ARMS)}
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rows: dict[str, list[dict]] = {arm: [] for arm in arms}
+    with tempfile.TemporaryDirectory(prefix="rlr-async-rl-") as tmp:
+        for seed in seeds:
+            for arm, extra in arms.items():
+                name = f"{arm.replace(' ', '').replace('=', '')}-s{seed}"
+                run_dir = Path(tmp) / name
+                cmd = [sys.executable, str(ROOT / "rlreason" / "run.py"), "recipe=tempo", f"seed={seed}", "total_steps=1000",
+                       f"rollout_token_budget={args.tokens}", "eval_every=0", "checkpoint_every=0", "algo.tis_mode=token",
+                       "telemetry.tensorboard=false", "telemetry.console=false", f"run_dir={run_dir}", *extra, *args.extra]
+                t0 = time.time()
+                proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+                if proc.returncode:
+                    print(proc.stderr[-3000:], file=sys.stderr)
+                    raise SystemExit(f"{arm} seed {seed} failed (exit {proc.returncode})")
+                rec = summarise(run_dir)
+                rows[arm].append(rec)
+                if args.out:
+                    keep = Path(args.out) / name
+                    keep.mkdir(parents=True, exist_ok=True)
+                    for f in ("metrics.jsonl", "summary.json"):
+                        shutil.copy(run_dir / f, keep / f)
+                print(f"seed {seed} {arm}: {rec['steps']} steps in {rec['wall_s']:.0f} s ({time.time() - t0:.0f} s with start-up "
+                      f"and evals), greedy {rec['greedy_before']:.3f} -> {rec['greedy_after']:.3f}", flush=True)
+    base = statistics.mean(r["steps_per_hour"] for r in rows[next(iter(rows))])
+    print(f"\n| arm | steps (mean) | rollout tokens | wall of the steps (s) | steps/hour | ratio | learner util | rollout util | "
+          f"staleness | greedy after (mean ± sd of {len(seeds)} seeds) | pass@1 after | eval binomial std |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for arm, recs in rows.items():
+        def m(key, recs=recs):
+            return statistics.mean(r[key] for r in recs)
+
+        def sd(key, recs=recs):
+            return statistics.stdev(r[key] for r in recs) if len(recs) > 1 else 0.0
+
+        print(f"| {arm} | {m('steps'):.0f} | {m('tokens'):,.0f} | {m('wall_s'):.0f} | {m('steps_per_hour'):,.0f} | "
+              f"{m('steps_per_hour') / base:.2f} | {m('learner_util'):.2f} | {m('rollout_util'):.2f} | {m('staleness'):.2f} | "
+              f"{m('greedy_after'):.3f} ± {sd('greedy_after'):.3f} | {m('pass1_after'):.3f} ± {sd('pass1_after'):.3f} | "
+              f"{m('std_greedy'):.3f} / {m('std_pass1'):.3f} |")
+    print(f"greedy before RL: {statistics.mean(r['greedy_before'] for recs in rows.values() for r in recs):.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
