@@ -346,6 +346,12 @@ class RolloutConfig:
     # own (rlreason/weights_check.py: per-tensor fp64 sums, ~0.6 s a side for SmolLM2 here); a difference stops the run
     check_sync: bool = True
     sync_timeout_s: float = 600.0  # a worker that has not loaded new weights by then is restarted and loaded again
+    # trainer.mode=async, hf engine: a weight update interrupts generations running on older weights; they
+    # continue under the new weights from their tokens so far, each token stamped with its version (docs/async.md)
+    partial: bool = False
+    # benchmarks: every decode step of a generation call also sleeps this long (s), standing for an engine on its own
+    # accelerator (the CPU stays free for the learner); 0 = off. The simulated-scale figure in BENCHMARKS.md uses it
+    simulated_step_latency_s: float = 0.0
     threads: int = 0  # torch threads per rollout actor; 0 = the node's cores split among the actors computing at once
     vllm_kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE (whole GiB) on CPU
     vllm_gpu_memory_utilization: float = 0.3  # on CPU: the share of CPU memory; keep <= 0.3 there
@@ -362,6 +368,10 @@ class RolloutConfig:
         _positives(self, "rollout", ("prompts_per_step", "group_size", "max_new_tokens", "num_workers", "max_batch", "temperature"))
         _positive("rollout.max_restarts", self.max_restarts, allow_zero=True)
         _positive("rollout.sync_timeout_s", self.sync_timeout_s)
+        _positive("rollout.simulated_step_latency_s", self.simulated_step_latency_s, allow_zero=True)
+        if self.partial and cfg.trainer.mode != "async":
+            raise ConfigError("rollout.partial=true interrupts generations at a weight update, which only happens "
+                              "mid-generation under trainer.mode=async; add trainer.mode=async")
         _within("rollout.top_p", self.top_p, 0, 1, low_open=True)
         _choice("rollout.dtype", self.dtype, DTYPES)
         _gpus("rollout.gpus", self.gpus)
@@ -372,6 +382,10 @@ class RolloutConfig:
             ENGINES.get(self.engine).check_config(cfg)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        if self.partial and not hasattr(ENGINES.get(self.engine), "generate_ids"):  # the token-in continuation
+            raise ConfigError(f"rollout.partial=true: rollout.engine={self.engine} cannot continue a generation from its "
+                              "tokens (no generate_ids); use rollout.engine=hf, or rollout.partial=false (weight loads "
+                              "then wait for the generation in flight)")
 
 
 @dataclass

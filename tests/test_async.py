@@ -32,7 +32,7 @@ def test_staleness_of_samples_and_tokens_by_hand():
     # token staleness: 0,0,0, 2,1,1, 1 -> 5/7; older-policy tokens: 4 of 7
     assert m["async/token_staleness_mean"] == pytest.approx(5 / 7)
     assert m["async/old_policy_token_frac"] == pytest.approx(4 / 7)
-    assert m["async/max_version_span"] == 1.0  # sample 1 holds versions 3 and 4
+    assert m["async/max_version_span"] == 1.0 and m["async/partial_frac"] == pytest.approx(1 / 3)  # sample 1: 3 and 4
 
 
 def test_groups_are_kept_or_dropped_whole():
@@ -158,3 +158,88 @@ def test_async_trains_within_the_bound_and_a_killed_worker_loses_and_duplicates_
         assert int(staleness.max()) <= 2 and steps[s]["async/staleness_max"] == float(staleness.max())
     # the gate let step 2 start with the initial weights while step 1 trained: it was really asynchronous
     assert steps[2]["async/staleness_max"] >= 1
+
+
+# -- partial rollouts ---------------------------------------------------------------------------------
+
+
+def test_stitch_appends_a_continuation_with_its_version_by_hand():
+    from rlreason.rollout.partial import continuation_inputs, stitch, unfinished
+
+    pad, eos = 0, 9
+    # budget 3: row 0 ended (EOS) after 2 tokens; row 1 was cut after 2 tokens, row 2 after 1
+    batch = RolloutBatch(
+        prompt_ids=torch.tensor([[0, 5, 6], [7, 7, 7], [0, 0, 4]]), prompt_mask=torch.tensor([[0, 1, 1], [1, 1, 1], [0, 0, 1]]),
+        response_ids=torch.tensor([[3, 9], [1, 2], [8, 0]]), response_mask=torch.tensor([[1, 1], [1, 1], [1, 0]]),
+        sampling_logprobs=torch.tensor([[-0.1, -0.2], [-0.3, -0.4], [-0.5, 0.0]]), group_index=torch.tensor([0, 0, 1]),
+        truncated=torch.tensor([False, True, True]), versions=torch.tensor([[3, 3], [3, 3], [3, -1]], dtype=torch.int32))
+    cut = unfinished(batch, 3, eos)
+    assert cut.tolist() == [False, True, True]
+    ids, mask = continuation_inputs(batch, torch.tensor([1, 2]), pad)
+    assert ids.tolist() == [[7, 7, 7, 1, 2], [0, 0, 0, 4, 8]] and mask.tolist() == [[1] * 5, [0, 0, 0, 1, 1]]
+    cont = RolloutBatch(ids, mask, torch.tensor([[9, 0], [5, 6]]), torch.tensor([[1, 0], [1, 1]]),
+                        torch.tensor([[-0.6, 0.0], [-0.7, -0.8]]), torch.arange(2), truncated=torch.tensor([False, True]))
+    out = stitch(batch, torch.tensor([1, 2]), cont, 4, pad)
+    assert out.response_ids.tolist() == [[3, 9, 0], [1, 2, 9], [8, 5, 6]]
+    assert out.response_mask.tolist() == [[1, 1, 0], [1, 1, 1], [1, 1, 1]]
+    assert out.versions.tolist() == [[3, 3, -1], [3, 3, 4], [3, 4, 4]]
+    assert torch.allclose(out.sampling_logprobs, torch.tensor([[-0.1, -0.2, 0.0], [-0.3, -0.4, -0.6], [-0.5, -0.7, -0.8]]))
+    assert out.truncated.tolist() == [False, False, True] and out.group_index.tolist() == [0, 0, 1]
+    assert not unfinished(out, 3, eos).any()  # row 1 ended, row 2 used its whole budget
+
+
+@pytest.mark.parametrize("record_routing", [True, False])  # HF generate with a stopping criterion | rollout/decode.py
+def test_an_interrupted_greedy_generation_continues_to_the_same_tokens(tiny_policy, record_routing):
+    """Interrupt exactness: fixed weights, greedy. A generation stopped after 3 tokens and continued (the
+    weights relabelled version 1, as a load of identical weights would) gives the uninterrupted ids, the
+    same log-probs, the versions switching at token 4, and no row past the budget."""
+    from rlreason.rollout.worker import RolloutWorker
+
+    worker = RolloutWorker("hf", tiny_policy, threads=1, record_routing=record_routing)
+    worker.partial = True
+    prompts, max_new = ["1+2=", "10-3+4=", "7+7-1="], 12
+    ref, ref_texts = worker.generate(prompts, 0, 2, max_new, 1.0, 1.0, greedy=True, seed=0)
+    calls = {"n": 0}
+
+    def after_three_tokens():
+        calls["n"] += 1
+        return calls["n"] >= 3
+
+    worker._interrupted = after_three_tokens
+    cut, _ = worker.generate(prompts, 0, 2, max_new, 1.0, 1.0, greedy=True, seed=0)
+    assert cut.meta["unfinished"] > 0 and int(cut.response_mask.sum(-1).max()) == 3
+    worker._interrupted = lambda: False
+    worker.weights_version = 1
+    out, texts = worker.resume(cut, max_new, 1.0, 1.0, seed=7, greedy=True)
+    assert out.meta["unfinished"] == 0 and texts == ref_texts
+    assert torch.equal(out.response_mask, ref.response_mask[:, :out.response_mask.shape[1]])
+    assert torch.equal(out.response_ids, ref.response_ids[:, :out.response_ids.shape[1]])
+    assert int(out.response_mask.sum(-1).max()) <= max_new
+    mask = out.response_mask.bool()
+    assert (out.sampling_logprobs - ref.sampling_logprobs[:, :mask.shape[1]])[mask].abs().max() < 1e-4
+    positions = torch.arange(mask.shape[1]).expand_as(mask)
+    assert torch.equal(out.versions[mask], (positions[mask] >= 3).int())  # versions switch at the 4th token
+    if record_routing:  # each token's routes recorded once, by the weights that sampled it
+        same = (out.routed_experts == ref.routed_experts[:, :mask.shape[1]])[mask]
+        assert float(same.float().mean()) > 0.99
+
+
+@pytest.mark.integration
+def test_partial_rollouts_under_async_continue_interrupted_generations_within_the_bound(ray_local, tmp_path):
+    """max_staleness=1 with rollout.partial=true, and decode steps slowed to 30 ms (rollout.simulated_step_latency_s)
+    so that generation is the bottleneck and weight updates land while workers generate: generations are
+    interrupted and continued, samples then carry two versions, and every step still trains on whole groups
+    within the bound."""
+    steps, batches, _, _ = _run(tmp_path, ["trainer.mode=async", "trainer.max_staleness=1", "rollout.partial=true",
+                                           "rollout.simulated_step_latency_s=0.03", "rollout.max_new_tokens=48", "total_steps=5"])
+    assert sorted(steps) == [1, 2, 3, 4, 5]
+    assert sum(m["async/interrupted"] for m in steps.values()) > 0
+    assert sum(m["async/resumed_tokens"] for m in steps.values()) > 0
+    spans = [float(m["async/max_version_span"]) for m in steps.values()]
+    assert max(spans) >= 1  # some sample holds tokens of two versions
+    for s, batch in enumerate(batches, start=1):
+        assert batch.size == 16 and torch.bincount(batch.group_index).tolist() == [4] * 4
+        assert int(sample_staleness(batch.versions, s - 1).max()) <= 1
+        assert int(batch.response_mask.sum(-1).max()) <= 48  # a continuation gets the budget left, not a new one
+        generated = batch.versions >= 0
+        assert torch.equal(generated, batch.response_mask.bool())  # every response token has its version

@@ -42,6 +42,8 @@ class Shard:
     rows: np.ndarray  # the round's prompt positions it generates
     seed: int
     published: int = 0  # the version published when it was dispatched: its answer must be at least as new
+    partial: RolloutBatch | None = None  # rollout.partial: what it had generated when a weight update interrupted it
+    resumes: int = 0
 
 
 @dataclass
@@ -72,6 +74,8 @@ class AsyncRollouts:
         self.wait_s = 0.0  # the learner's wait for its batch, this step
         self.dropped = 0  # groups dropped at the consume check, all run
         self.hung_restarts = 0
+        self.interrupted = 0  # shards a weight update interrupted (rollout.partial), this step
+        self.resumed_tokens = 0  # the tokens they had generated, kept and continued, this step
         self.check_sync = check_sync
         self.layout = None  # (grouping, dtype) of the engines' fingerprints
         if check_sync:
@@ -117,6 +121,9 @@ class AsyncRollouts:
             fleet.expect(version, *self.layout)  # fingerprinted now, before the learner trains on
         now = time.perf_counter()
         busy = {s.worker for s in self.running.values()}
+        if fleet.cfg.partial:  # generations on older weights end at their next token, and continue after the load
+            for k in busy:
+                fleet.workers[k].interrupt.options(concurrency_group="control").remote(version)
         for k, w in enumerate(fleet.workers):
             refs = [w.load_weights.remote(payload, version)]
             if self.layout is not None:
@@ -145,10 +152,12 @@ class AsyncRollouts:
                                       and len(self.results[k]) == self._n_shards(k)),
             "async/inflight_groups": sum(len(s.rows) for s in self.running.values()),
             "async/dropped_stale": self.dropped,
+            "async/interrupted": self.interrupted,
+            "async/resumed_tokens": self.resumed_tokens,
             "timing/wait_batch_s": self.wait_s,
             "timing/rollout_idle_s": float(np.mean(idle)),  # per worker
         }
-        self.wait_s = 0.0
+        self.wait_s, self.interrupted, self.resumed_tokens = 0.0, 0, 0
         return out
 
     # -- the workers' side -------------------------------------------------------------------------
@@ -179,10 +188,15 @@ class AsyncRollouts:
     def _dispatch(self, shard: Shard) -> None:
         k, plan, r = shard.worker, self.plans[(shard.step, shard.round)], self.fleet.cfg
         shard.published = self.published
-        prompts = [plan.prompts[i] for i in shard.rows]
-        counts = [plan.counts[i] for i in shard.rows]
-        ref = self.fleet.workers[k].generate.remote(prompts, int(shard.rows[0]), counts, plan.max_new_tokens, r.temperature,
-                                                    r.top_p, False, shard.seed)
+        worker = self.fleet.workers[k]
+        if shard.partial is not None:  # continue from its tokens, on the weights loaded since
+            ref = worker.resume.remote(shard.partial, plan.max_new_tokens, r.temperature, r.top_p,
+                                       shard.seed + 1_000_003 * shard.resumes)
+        else:
+            prompts = [plan.prompts[i] for i in shard.rows]
+            counts = [plan.counts[i] for i in shard.rows]
+            ref = worker.generate.remote(prompts, int(shard.rows[0]), counts, plan.max_new_tokens, r.temperature, r.top_p,
+                                         False, shard.seed)
         self.running[ref] = shard
         self.idle_s[k] += time.perf_counter() - self.idle_since[k]
 
@@ -218,6 +232,12 @@ class AsyncRollouts:
                         self.published)
             self._recover()
             self.queues[k].appendleft(shard)
+            return
+        if batch.meta.get("unfinished"):  # rollout.partial: a weight update cut it short
+            self.interrupted += 1
+            self.resumed_tokens += batch.meta["unfinished_tokens"]
+            shard.partial, shard.resumes = batch, shard.resumes + 1
+            self.queues[k].appendleft(shard)  # behind the load that interrupted it
             return
         self.results.setdefault((shard.step, shard.round), {})[k] = (batch, texts)
 

@@ -55,10 +55,12 @@ class RolloutFleet:
         self.weights_format = ENGINES.get(r.engine).weights_format
         self.sync_dir = str((Path(run_dir) / "weights_sync").resolve())  # HF_FOLDER engines reload from here
         env = {"runtime_env": {"env_vars": dict(QUIET_ENV)}}  # as the learners' (learners.py)
+        # rollout.partial: `interrupt` runs on its own thread ("control"), beside the generation it interrupts
+        actor = ray.remote(concurrency_groups={"control": 1})(RolloutWorker) if r.partial else ray.remote(RolloutWorker)
         # a worker that dies is restarted by Ray (its __init__ runs again, with the initial weights);
         # `generate` notices, gives it the current weights and retries
         self.workers = [
-            ray.remote(RolloutWorker).options(**resources, **env, **place(k), max_restarts=r.max_restarts).remote(
+            actor.options(**resources, **env, **place(k), max_restarts=r.max_restarts).remote(
                 r.engine, str(policy_path), threads, r, cfg.seed + k)
             for k in range(r.num_workers)
         ]

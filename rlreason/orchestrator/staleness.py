@@ -49,8 +49,8 @@ def fresh_groups(staleness: torch.Tensor, group_index: torch.Tensor, max_stalene
 
 def staleness_metrics(versions: torch.Tensor, learner_version: int) -> dict:
     """async/* metrics of a batch about to train from `learner_version`: per-sample staleness mean and max,
-    per-token staleness mean, the fraction of tokens an older policy produced, and the largest spread of
-    versions within one sample (> 0 only with partial rollouts)."""
+    per-token staleness mean, the fraction of tokens an older policy produced, the largest spread of
+    versions within one sample and the fraction of samples with more than one (> 0 only with partial rollouts)."""
     generated = versions >= 0
     per_sample = sample_staleness(versions, learner_version).float()
     token_staleness = (learner_version - versions.to(torch.long))[generated].float()
@@ -65,4 +65,5 @@ def staleness_metrics(versions: torch.Tensor, learner_version: int) -> dict:
         "async/token_staleness_mean": float(token_staleness.sum()) / n_tokens,
         "async/old_policy_token_frac": float((token_staleness > 0).sum()) / n_tokens,
         "async/max_version_span": float(span.max()) if span.numel() else 0.0,
+        "async/partial_frac": float((span > 0).float().mean()) if span.numel() else 0.0,  # samples from 2+ versions
     }

@@ -36,11 +36,14 @@ def _pick(logits: torch.Tensor, temperature: float, top_p: float, greedy: bool) 
 
 @torch.no_grad()
 def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int, eos_id: int, pad_id: int,
-           temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False, cache=None) -> tuple[torch.Tensor, torch.Tensor]:
+           temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False, cache=None,
+           stop=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample up to `max_new_tokens` for each left-padded prompt row. `cache`: the KV cache of every
     prompt token but the last (e.g. one prefill per distinct prompt, copied to its samples), else the
-    prompts are prefilled here. Returns (response ids [B, T], sampling log-probs [B, T]): each row
-    holds its tokens up to and including its first EOS, then `pad_id` (log-prob 0)."""
+    prompts are prefilled here. `stop()`, asked after every token, ends the loop early (partial
+    rollouts: the rows still running then hold as many tokens as steps ran, and no EOS).
+    Returns (response ids [B, T], sampling log-probs [B, T]), T the steps run: each row holds its tokens
+    up to and including its first EOS, then `pad_id` (log-prob 0)."""
     B = prompt_ids.shape[0]
     device = prompt_ids.device
     mask = prompt_mask.long()
@@ -62,7 +65,7 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_t
         response[rows[live], t] = token[live]
         logprobs[rows[live], t] = token_logp[live]
         ended |= token == eos_id
-        if t == max_new_tokens - 1 or bool(ended.all()):
+        if t == max_new_tokens - 1 or bool(ended.all()) or (stop is not None and stop()):
             break
         if int(ended.sum()) >= max(1, len(rows) // 8):  # compact: drop the ended rows and their cache
             keep = torch.nonzero(~ended).squeeze(-1)
@@ -73,4 +76,4 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_t
                     use_cache=True)
         logits = out.logits[:, -1]
         next_position = next_position + 1
-    return response, logprobs
+    return response[:, :t + 1], logprobs[:, :t + 1]  # as many columns as steps ran (fewer when all ended or stop())

@@ -114,10 +114,13 @@ class HFEngine:
         top_p: float = 1.0,
         greedy: bool = False,
         seed: int | None = None,
+        stop=None,
     ) -> tuple[RolloutBatch, list[str]]:
         """n samples of each prompt, in chunks of whole prompts of at most `max_batch` sequences (one
         chunk unless the request is larger: the memory of a decode grows with its rows, and on a CPU
-        its time per token barely shrinks with more of them)."""
+        its time per token barely shrinks with more of them). `stop()` is asked after every token: when
+        it answers True the rows still running end where they are (partial rollouts; a chunk not yet
+        started generates one token)."""
         counts = per_prompt_counts(n, len(prompts)).tolist()
         chunks, start, rows = [], 0, 0
         for i, c in enumerate(counts):
@@ -130,7 +133,7 @@ class HFEngine:
             torch.manual_seed(seed)
         parts, texts = [], []
         for a, b in chunks:
-            part, t = self._generate_chunk(prompts[a:b], counts[a:b], max_new_tokens, temperature, top_p, greedy)
+            part, t = self._generate_chunk(prompts[a:b], counts[a:b], max_new_tokens, temperature, top_p, greedy, stop)
             part.group_index = part.group_index + a
             parts.append(part)
             texts += t
@@ -138,23 +141,37 @@ class HFEngine:
 
     @torch.no_grad()
     def _generate_chunk(self, prompts: list[str], n: list[int], max_new_tokens: int, temperature: float, top_p: float,
-                        greedy: bool) -> tuple[RolloutBatch, list[str]]:
+                        greedy: bool, stop=None) -> tuple[RolloutBatch, list[str]]:
         enc = self.tokenizer(
             prompts, return_tensors="pt", padding=True, add_special_tokens=False, return_token_type_ids=False
         )
         counts = per_prompt_counts(n, len(prompts))
         prompt_ids = enc.input_ids.repeat_interleave(counts, dim=0).to(self.device)
         prompt_mask = enc.attention_mask.repeat_interleave(counts, dim=0).to(self.device)
-        recorder = RoutingRecorder(self.model, prompt_ids.shape[0]) if self.record_routing else None
         cache = None
-        if self.share_prefix and recorder is None and int(counts.max()) > 1 and enc.input_ids.shape[1] > 1:
+        if self.share_prefix and not self.record_routing and int(counts.max()) > 1 and enc.input_ids.shape[1] > 1:
             cache = self._shared_prefix_cache(enc.input_ids.to(self.device), enc.attention_mask.to(self.device), counts)
+        group_index = torch.arange(len(prompts)).repeat_interleave(counts)
+        return self._decode(prompt_ids, prompt_mask, group_index, max_new_tokens, temperature, top_p, greedy, cache, stop)
+
+    def generate_ids(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                     top_p: float = 1.0, greedy: bool = False, seed: int | None = None, stop=None) -> tuple[RolloutBatch, list[str]]:
+        """Token in: one response to each left-padded row of `prompt_ids` (a prompt and the response so far,
+        when a partial rollout continues), each row its own group."""
+        if seed is not None:
+            torch.manual_seed(seed)
+        with torch.no_grad():
+            return self._decode(prompt_ids.to(self.device), prompt_mask.to(self.device), torch.arange(prompt_ids.shape[0]),
+                                max_new_tokens, temperature, top_p, greedy, None, stop)
+
+    def _decode(self, prompt_ids, prompt_mask, group_index, max_new_tokens, temperature, top_p, greedy, cache, stop):
+        recorder = RoutingRecorder(self.model, prompt_ids.shape[0]) if self.record_routing else None
         if recorder is None and self.compact_finished:  # ended responses leave the batch (rollout/decode.py)
             response_ids, logprobs = sample(self.model, prompt_ids, prompt_mask, max_new_tokens, self.eos_id, self.pad_id,
-                                            temperature, top_p, greedy, cache)
+                                            temperature, top_p, greedy, cache, stop)
         else:
             with recorder if recorder is not None else contextlib.nullcontext():
-                out = self._generate(prompt_ids, prompt_mask, max_new_tokens, temperature, top_p, greedy, cache)
+                out = self._generate(prompt_ids, prompt_mask, max_new_tokens, temperature, top_p, greedy, cache, stop)
             response_ids = out.sequences[:, prompt_ids.shape[1]:]
             temp = 1.0 if greedy else temperature
             # one step at a time: no [B, T, V] stack of the logits (SmolLM2: 196 KB per token)
@@ -176,7 +193,7 @@ class HFEngine:
             response_ids=response_ids,
             response_mask=response_mask,
             sampling_logprobs=logprobs,
-            group_index=torch.arange(len(prompts)).repeat_interleave(counts).to(self.device),
+            group_index=group_index.to(self.device),
             truncated=truncated,
         )
         if recorder is not None:
@@ -194,7 +211,13 @@ class HFEngine:
         cache.batch_select_indices(torch.arange(len(counts), device=ids.device).repeat_interleave(counts.to(ids.device)))
         return cache
 
-    def _generate(self, prompt_ids, prompt_mask, max_new_tokens, temperature, top_p, greedy, cache=None):
+    def _generate(self, prompt_ids, prompt_mask, max_new_tokens, temperature, top_p, greedy, cache=None, stop=None):
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        class Interrupt(StoppingCriteria):  # partial rollouts: every row ends where it is once stop() says so
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.full((input_ids.shape[0],), bool(stop()), dtype=torch.bool, device=input_ids.device)
+
         return self.model.generate(
             input_ids=prompt_ids,
             attention_mask=prompt_mask,
@@ -208,6 +231,7 @@ class HFEngine:
             eos_token_id=self.eos_id,
             output_logits=True,
             return_dict_in_generate=True,
+            stopping_criteria=StoppingCriteriaList([Interrupt()]) if stop is not None else None,
         )
 
     @torch.no_grad()

@@ -7,11 +7,13 @@ looked up in the engine registry once, here.
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 
 from rlreason.batch import RolloutBatch
 from rlreason.rollout.engine import ENGINES
+from rlreason.rollout.partial import continuation_inputs, stitch, unfinished
 from rlreason.rollout.routing import validate_routed_experts
 from rlreason.transfer import payload_bytes, unpack
 
@@ -32,6 +34,11 @@ class RolloutWorker:
         self.weights_version = 0
         self.received_bytes = 0  # the last weight sync's payload
         self._routing_warned = False
+        # rollout.partial: a generation on weights older than this ends at its next token (`interrupt`)
+        self.partial = bool(getattr(rollout_cfg, "partial", False))
+        self._interrupt_below = 0
+        self.step_latency = float(getattr(rollout_cfg, "simulated_step_latency_s", 0.0))  # benchmarks: a separate device
+        self._stops = hasattr(self.engine, "generate_ids")  # the engine asks stop() after every token
 
     def load_weights(self, payload, version: int) -> int:
         """Replace all weights at once; generation never sees a mix of versions (the actor is
@@ -60,12 +67,54 @@ class RolloutWorker:
         greedy: bool = False,
         seed: int | None = None,
     ) -> tuple[RolloutBatch, list[str]]:
+        per_token = self._stops and (self.partial or self.step_latency > 0)
         batch, texts = self.engine.generate(
-            prompts, n, max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy, seed=seed
+            prompts, n, max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy, seed=seed,
+            **({"stop": self._after_token} if per_token else {}),
         )
+        if self.step_latency and not self._stops:  # an engine without a per-token hook: the steps' latency at once
+            time.sleep(self.step_latency * int(batch.response_mask.sum(-1).max()))
         batch.group_index = batch.group_index + group_offset
-        batch.weights_version = self.weights_version
         batch.versions = torch.where(batch.response_mask.bool(), self.weights_version, -1).to(torch.int32)
+        return self._checked(batch, max_new_tokens), texts
+
+    def interrupt(self, version: int) -> None:
+        """rollout.partial: end the generation running on weights older than `version` at its next token.
+        Called on the actor's "control" concurrency group, so it runs beside the generation."""
+        self._interrupt_below = max(self._interrupt_below, version)
+
+    def _interrupted(self) -> bool:
+        return self.weights_version < self._interrupt_below
+
+    def _after_token(self) -> bool:
+        """Asked by the engine after every decode step: wait out the simulated step latency (rollout.
+        simulated_step_latency_s, sleeping, so the CPU is free for the learner as a separate device leaves
+        it), then say whether an interrupt has come."""
+        if self.step_latency:
+            time.sleep(self.step_latency)
+        return self._interrupted()
+
+    def resume(self, batch: RolloutBatch, max_new_tokens: int, temperature: float, top_p: float, seed: int,
+               greedy: bool = False) -> tuple[RolloutBatch, list[str]]:
+        """Continue the rows of `batch` an interrupt cut short, under the weights served now, with the
+        tokens they have left (`rlreason/rollout/partial.py`); it may be interrupted again."""
+        engine = self.engine
+        rows = torch.nonzero(unfinished(batch, max_new_tokens, engine.eos_id)).flatten()
+        done = batch.response_mask.sum(-1)
+        for n in sorted(set(done[rows].tolist())):  # rows with as many tokens so far share one call
+            sub = rows[done[rows] == n]
+            ids, mask = continuation_inputs(batch, sub, engine.pad_id)
+            cont, _ = engine.generate_ids(ids, mask, max_new_tokens - n, temperature, top_p, greedy, seed + n, stop=self._after_token)
+            batch = stitch(batch, sub, cont, self.weights_version, engine.pad_id)
+        texts = engine.tokenizer.batch_decode(batch.response_ids, skip_special_tokens=True)
+        return self._checked(batch, max_new_tokens), texts
+
+    def _checked(self, batch: RolloutBatch, max_new_tokens: int) -> RolloutBatch:
+        """Stamp the version; validate the routes; under rollout.partial, count the rows cut short."""
+        batch.weights_version = self.weights_version
+        if self.partial:
+            cut = unfinished(batch, max_new_tokens, self.engine.eos_id)
+            batch.meta = {"unfinished": int(cut.sum()), "unfinished_tokens": int(batch.response_mask[cut].sum())}
         if batch.routed_experts is not None:
             num_experts, top_k = self.engine.moe_shape
             try:
@@ -77,7 +126,7 @@ class RolloutWorker:
                     log.error("rollout: routed-expert capture failed validation (%s); carrying None", e)
                     self._routing_warned = True
                 batch.routed_experts = batch.prompt_routed_experts = None
-        return batch, texts
+        return batch
 
     def score_logprobs(self, batch: RolloutBatch, temperature: float = 1.0):
         """Teacher-forced logprobs of given responses under this worker's weights (for checks)."""
