@@ -40,6 +40,14 @@ class Engine(Protocol):
                  top_p: float = 1.0, greedy: bool = False, seed: int | None = None) -> tuple[RolloutBatch, list[str]]:
         """n samples of each prompt (one n, or one count per prompt), with sampling log-probs."""
 
+    # Optional, for rollout.partial (the config refuses it for an engine without `generate_ids`): `generate`
+    # then also takes `stop`, a callable asked after every decode step that ends the call where it is when it
+    # answers True; `generate_ids` continues rows from token ids; `tokenizer`, `eos_id` and `pad_id` are read.
+    def generate_ids(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                     top_p: float = 1.0, greedy: bool = False, seed: int | None = None,
+                     stop=None) -> tuple[RolloutBatch, list[str]]:
+        """One response to each left-padded row of token ids (a prompt and a response so far)."""
+
     def load_weights(self, weights: Any) -> None:
         """Replace the policy's weights at once with what `rlreason.transfer.unpack` gives."""
 
