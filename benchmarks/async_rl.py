@@ -1,6 +1,7 @@
 """Synchronous vs one-step-off vs asynchronous training at an equal rollout-token budget.
 
     .venv/bin/python benchmarks/async_rl.py [--seeds 0,1,2] [--tokens 250000] [--arms "sync;async k=2"] [--out DIR] [-- extra overrides]
+    .venv/bin/python benchmarks/async_rl.py --simulate [--latency 0.02] [--workers 1,2,4] [--caps 16,64] [--steps 12]
 
 Each arm is `make run`'s job (recipe=tempo on the default task, the tiny MoE: 32 prompts x 8 samples, up
 to 32 tokens), run through `rlreason/run.py` until `rollout_token_budget` tokens, evaluated on the held-out
@@ -9,6 +10,14 @@ only difference is when the samples were generated. The seeds run one after anot
 Per run it keeps `metrics.jsonl` and `summary.json` under `--out`, and prints one table: steps and wall
 time of the training steps, steps per hour, learner and rollout utilisation, staleness, and held-out
 accuracy (mean over seeds, with the binomial std of one eval beside it).
+
+`--simulate`: engines on their own accelerators, simulated. Every decode step also sleeps `--latency`
+seconds (`rollout.simulated_step_latency_s`), which leaves the CPU to the learner as a separate device
+would, so generation time follows the longest response of each worker's shard. The same job runs
+`--steps` steps (no evaluation) with sync, async k=2 and async k=2 with partial rollouts, for each number
+of rollout workers and each `rollout.max_new_tokens` cap (a larger cap spreads the response lengths: a few
+responses run on to it while most end early). Reported: wall time of the steps, steps per hour and the
+ratio to sync in the same cell.
 """
 
 from __future__ import annotations
@@ -60,14 +69,67 @@ def summarise(run_dir: Path) -> dict:
     }
 
 
+SIM_ARMS = {
+    "sync": [],
+    "async k=2": ["trainer.mode=async", "trainer.max_staleness=2"],
+    "async k=2 + partial": ["trainer.mode=async", "trainer.max_staleness=2", "rollout.partial=true"],
+}
+
+
+def simulate(args) -> None:
+    cells = []
+    with tempfile.TemporaryDirectory(prefix="rlr-async-sim-") as tmp:
+        for workers in [int(w) for w in args.workers.split(",")]:
+            for cap in [int(c) for c in args.caps.split(",")]:
+                cell = {}
+                for arm, extra in SIM_ARMS.items():
+                    run_dir = Path(tmp) / f"w{workers}-c{cap}-{arm.replace(' ', '').replace('=', '').replace('+', '_')}"
+                    cmd = [sys.executable, str(ROOT / "rlreason" / "run.py"), "recipe=tempo", f"total_steps={args.steps}",
+                           "eval_every=0", "eval_sampled=false", "checkpoint_every=0", "algo.tis_mode=token",
+                           f"rollout.num_workers={workers}", f"rollout.max_new_tokens={cap}",
+                           f"rollout.simulated_step_latency_s={args.latency}", "telemetry.tensorboard=false",
+                           "telemetry.console=false", f"run_dir={run_dir}", *extra, *args.extra]
+                    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+                    if proc.returncode:
+                        print(proc.stderr[-3000:], file=sys.stderr)
+                        raise SystemExit(f"{arm}, {workers} workers, cap {cap} failed (exit {proc.returncode})")
+                    train = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+                    train = [m for m in train if "timing/step_s" in m]
+                    wall = sum(m["timing/step_s"] for m in train)
+                    lengths = [m["response_length/mean"] for m in train]
+                    cell[arm] = {"wall_s": wall, "steps_per_hour": 3600 * len(train) / wall,
+                                 "mean_length": statistics.mean(lengths),
+                                 "truncated": statistics.mean(m["response/truncated_frac"] for m in train),
+                                 "staleness": statistics.mean(m.get("async/staleness_mean", 0.0) for m in train),
+                                 "interrupted": sum(m.get("async/interrupted", 0) for m in train)}
+                    print(f"{workers} workers, cap {cap}, {arm}: {len(train)} steps in {wall:.1f} s", flush=True)
+                cells.append((workers, cap, cell))
+    print(f"\n| rollout workers | max_new_tokens | mean length | truncated | arm | wall of {args.steps} steps (s) | steps/hour | "
+          "ratio to sync | staleness | interrupted shards |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for workers, cap, cell in cells:
+        base = cell["sync"]["steps_per_hour"]
+        for arm, r in cell.items():
+            print(f"| {workers} | {cap} | {r['mean_length']:.1f} | {r['truncated']:.2f} | {arm} | {r['wall_s']:.1f} | "
+                  f"{r['steps_per_hour']:,.0f} | {r['steps_per_hour'] / base:.2f} | {r['staleness']:.2f} | {r['interrupted']} |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--tokens", type=int, default=250_000, help="rollout_token_budget of every run")
     ap.add_argument("--arms", default="", help="';'-separated arm names (default: all)")
     ap.add_argument("--out", default=None, help="keep each run's metrics.jsonl and summary.json here")
+    ap.add_argument("--simulate", action="store_true", help="the simulated-scale grid (see above)")
+    ap.add_argument("--latency", type=float, default=0.02, help="--simulate: seconds per decode step")
+    ap.add_argument("--workers", default="1,2,4", help="--simulate: rollout worker counts")
+    ap.add_argument("--caps", default="16,64", help="--simulate: rollout.max_new_tokens values")
+    ap.add_argument("--steps", type=int, default=12, help="--simulate: steps per run")
     ap.add_argument("extra", nargs="*", help="overrides for every arm")
     args = ap.parse_args()
+    if args.simulate:
+        simulate(args)
+        return 0
     arms = {a: ARMS[a] for a in (args.arms.split(";") if args.arms else ARMS)}
     seeds = [int(s) for s in args.seeds.split(",")]
     rows: dict[str, list[dict]] = {arm: [] for arm in arms}
