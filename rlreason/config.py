@@ -349,6 +349,10 @@ class RolloutConfig:
     # trainer.mode=async, hf engine: a weight update interrupts generations running on older weights; they
     # continue under the new weights from their tokens so far, each token stamped with its version (docs/async.md)
     partial: bool = False
+    # how synced weights travel: object_store (Ray's shared memory; an HF folder for vLLM) | collective (a gloo/NCCL
+    # group of the learner and the workers, broadcast in buckets; hf engine, trainer.mode=sync; docs/scaling.md)
+    weight_transport: str = "object_store"
+    collective_bucket_mb: float = 256.0  # collective: tensors of one dtype packed into broadcasts of at most this size
     # benchmarks: every decode step of a generation call also sleeps this long (s), standing for an engine on its own
     # accelerator (the CPU stays free for the learner); 0 = off. The simulated-scale figure in BENCHMARKS.md uses it
     simulated_step_latency_s: float = 0.0
@@ -369,6 +373,11 @@ class RolloutConfig:
         _positive("rollout.max_restarts", self.max_restarts, allow_zero=True)
         _positive("rollout.sync_timeout_s", self.sync_timeout_s)
         _positive("rollout.simulated_step_latency_s", self.simulated_step_latency_s, allow_zero=True)
+        _choice("rollout.weight_transport", self.weight_transport, ("object_store", "collective"))
+        _positive("rollout.collective_bucket_mb", self.collective_bucket_mb)
+        if self.weight_transport == "collective" and cfg.trainer.mode == "async":
+            raise ConfigError("rollout.weight_transport=collective is built for trainer.mode=sync so far (an async publish "
+                              "must not wait for every worker); use rollout.weight_transport=object_store with async")
         if self.partial and cfg.trainer.mode != "async":
             raise ConfigError("rollout.partial=true interrupts generations at a weight update, which only happens "
                               "mid-generation under trainer.mode=async; add trainer.mode=async")
@@ -382,6 +391,11 @@ class RolloutConfig:
             ENGINES.get(self.engine).check_config(cfg)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        from rlreason.transfer import TENSORS
+
+        if self.weight_transport == "collective" and ENGINES.get(self.engine).weights_format != TENSORS:
+            raise ConfigError(f"rollout.weight_transport=collective: rollout.engine={self.engine} reloads weights from an HF "
+                              "folder, not from tensors; use rollout.engine=hf, or rollout.weight_transport=object_store")
         if self.partial and not hasattr(ENGINES.get(self.engine), "generate_ids"):  # the token-in continuation
             raise ConfigError(f"rollout.partial=true: rollout.engine={self.engine} cannot continue a generation from its "
                               "tokens (no generate_ids); use rollout.engine=hf, or rollout.partial=false (weight loads "

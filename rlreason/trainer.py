@@ -165,7 +165,9 @@ class Trainer:
             # learner updates between the weights that sampled this batch and those it trained from
             "rollout/weights_lag": train_metrics["learner/version"] - 1 - batch.weights_version,
             "faults/rollout_recoveries": self.fleet.restarts,
-            "memory/driver_peak_rss_mb": peak_rss_mb(), **self.fleet.peak_memory(), **self.scorer.peak_memory(),
+            # async: the workers' answer to last step's question; asking now would queue behind their generation
+            "memory/driver_peak_rss_mb": peak_rss_mb(), **self.fleet.peak_memory(wait=self.cfg.trainer.mode != "async"),
+            **self.scorer.peak_memory(),
             "response_length/mean": n_tokens / batch.size,
             "response/truncated_frac": float(batch.truncated.float().mean()),
             "timing/rollout_s": sb.rollout_s,

@@ -51,7 +51,6 @@ def _one_paragraph_error(proc, stdout_ok=False):
         (["recipe=grpo", "trainer.mode=async", "trainer.max_staleness=-1"], ["trainer.max_staleness=-1", ">= 0"]),
         (["recipe=grpo", "trainer.mode=async", "trainer.off_policy_steps=1"], ["trainer.off_policy_steps=1", "max_staleness=1"]),
         (["recipe=grpo", "rollout.partial=true"], ["rollout.partial=true", "trainer.mode=async"]),
-        (["recipe=grpo", "trainer.mode=async", "rollout.partial=true", "rollout.engine=vllm"], ["rollout.partial", "generate_ids"]),
         (["recipe=grpo", "ray.placement=cluster"], ["ray.placement='cluster'", "pack", "spread"]),
         (["recipe=grpo", "rollout.gpus=-2"], ["rollout.gpus=-2", "-1"]),
         (["recipe=grpo", "moe=sinkhorn", "moe.routing_replay=r3"], ["moe.router=sinkhorn", "r3", "r2"]),

@@ -175,6 +175,17 @@ class Learner:
         groups.update(fingerprint(self._engine_extras().items()))  # sent and kept in fp32
         return groups
 
+    def _sync_payload(self):
+        """What a weight sync sends (call inside `full_params`, on rank 0): the LoRA adapters only (an
+        `AdapterUpdate`) with `model.lora.sync=adapter`, else the (merged) weights; each with the state the
+        engines keep beside them."""
+        if self.adapter_sync:
+            update = adapter_update(self.model)
+            update.extras = self._engine_extras()
+            return update
+        weights = merged_state_dict(self.model) if self.lora else self.model.state_dict()
+        return {**weights, **self._engine_extras()}
+
     def put_weights(self) -> list | None:
         """The weights `get_weights` returns, put into Ray's object store from this actor (a
         collective under ZeRO-3: call it on all ranks): `[ref]` on rank 0, None elsewhere. The driver
@@ -182,17 +193,40 @@ class Learner:
         and `model.lora.sync=adapter`, only the adapters (an `AdapterUpdate`): the engine merges them."""
         import ray
 
-        from rlreason.transfer import to_transport
+        from rlreason.transfer import AdapterUpdate, to_transport
 
         with self.strategy.full_params():
             if self.rank != 0:
                 return None
-            if self.adapter_sync:
-                update = adapter_update(self.model)
-                update.extras = self._engine_extras()
-                return [ray.put(update.to_transport())]
-            weights = merged_state_dict(self.model) if self.lora else self.model.state_dict()
-            return [ray.put(to_transport({**weights, **self._engine_extras()}))]  # copied into the store here, inside the gather
+            payload = self._sync_payload()
+            if isinstance(payload, AdapterUpdate):
+                return [ray.put(payload.to_transport())]
+            return [ray.put(to_transport(payload))]  # copied into the store here, inside the gather
+
+    def join_weights_group(self, host: str, port: int, world: int, timeout_s: float) -> None:
+        """rollout.weight_transport=collective: rank 0 hosts and joins the weights group (`rlreason/collective.py`)
+        as its rank 0; the rollout workers join as 1..world-1. Other ranks take no part."""
+        from rlreason.collective import WeightsGroup
+
+        if self.rank == 0:
+            self.weights_group = WeightsGroup(host, port, 0, world, timeout_s, str(self.device))
+
+    def broadcast_weights(self, version: int, bucket_mb: float) -> int | None:
+        """Send the sync payload of `version` to the weights group: its skeleton through the group's store,
+        its tensors by broadcast (a collective under ZeRO-3: call it on all ranks). Returns the bytes sent."""
+        import pickle
+
+        from rlreason.collective import slots, split
+
+        with self.strategy.full_params():
+            if self.rank != 0:
+                return None
+            skeleton, tensors = split(self._sync_payload())
+            group = self.weights_group
+            group.store.set(f"skeleton/{version}", pickle.dumps(skeleton))
+            group.broadcast(slots(skeleton), tensors, bucket_mb)
+            group.store.delete_key(f"skeleton/{version}")  # every receiver read it before the broadcast could finish
+            return sum(t.numel() * t.element_size() for t in tensors)
 
     @torch.no_grad()
     def score_logprobs(self, batch: RolloutBatch) -> torch.Tensor:

@@ -68,9 +68,13 @@ class RolloutFleet:
         self.restarts = 0  # recoveries so far (faults/rollout_recoveries)
         self.sync_metrics: dict = {}  # the last checked sync's sync/* metrics
         self._unchecked_warned = False
-        self._exported = None  # (version, payload) of the last export
+        self._exported = None  # (version, payload or None when it went by broadcast) of the last sync
+        self._peak_refs = None  # peak_memory(wait=False): the question asked last
+        self.group_ok = False  # rollout.weight_transport=collective: every worker is in the learner's weights group
         self._expected: dict = {}  # (version, grouping, dtype) -> futures of the learner's fingerprint of that export
         ray.get([w.ping.remote() for w in self.workers])
+        if r.weight_transport == "collective":
+            self.join_group()
 
     def generate(self, prompts: list[str], seed: int, greedy: bool = False, n: int | list[int] | None = None,
                  max_new_tokens: int | None = None) -> tuple[RolloutBatch, list[str]]:
@@ -108,7 +112,7 @@ class RolloutFleet:
         object store (TENSORS: the learner puts them there itself, the driver never fetches them) or an HF
         folder under the run directory, one per version (HF_FOLDER). The last export is kept, so a worker
         restarted later gets the very same weights even if the learner has trained on since (async)."""
-        if self._exported is not None and self._exported[0] == version:
+        if self._exported is not None and self._exported[0] == version and self._exported[1] is not None:
             return self._exported[1]
         if self.weights_format == HF_FOLDER:
             payload = WeightsFolder(self.learners.call("save_weights", f"{self.sync_dir}/v{version}"))
@@ -128,9 +132,48 @@ class RolloutFleet:
             self._expected[key] = self.learners.submit("weights_fingerprint", grouping, dtype)
         return self._expected[key]
 
+    def join_group(self) -> None:
+        """rollout.weight_transport=collective: learner rank 0 and every worker form a new weights group
+        (`rlreason/collective.py`), on a fresh port, so a worker Ray restarted is in it again."""
+        host, port = self.learners.call("address")
+        world, timeout = 1 + len(self.workers), self.cfg.sync_timeout_s
+        refs = [*self.learners.submit("join_weights_group", host, port, world, timeout),
+                *[w.join_weights_group.remote(host, port, k + 1, world, timeout) for k, w in enumerate(self.workers)]]
+        ray.get(refs, timeout=timeout)
+        self.group_ok = True
+
+    def broadcast(self, version: int) -> bool:
+        """The collective sync to every worker; False (and the group marked broken) when a member died or
+        timed out, after which the caller syncs through the object store."""
+        if not self.group_ok:
+            try:
+                self._versions()
+                self.join_group()
+            except (*DEAD, ray.exceptions.GetTimeoutError) as e:
+                log.warning("rollout: the weights group could not be formed again (%s); syncing through the object store",
+                            type(e).__name__)
+                return False
+        bucket = self.cfg.collective_bucket_mb
+        refs = [*self.learners.submit("broadcast_weights", version, bucket), *[w.receive_weights.remote(version, bucket)
+                                                                              for w in self.workers]]
+        try:
+            ray.get(refs, timeout=self.cfg.sync_timeout_s)
+        except (*DEAD, ray.exceptions.GetTimeoutError, ray.exceptions.RayTaskError) as e:
+            log.warning("rollout: the collective weight sync failed (%s); syncing through the object store, and the "
+                        "group is formed again at the next sync", type(e).__name__)
+            self.group_ok = False
+            self.restarts += 1
+            return False
+        self._exported = (version, None)
+        return True
+
     def sync(self, version: int, workers: list | None = None) -> None:
-        """Give `workers` (default: all) the learner's weights labelled `version`; block until they serve them."""
+        """Give `workers` (default: all) the learner's weights labelled `version`; block until they serve them.
+        Under rollout.weight_transport=collective a sync to every worker goes by broadcast."""
         workers = self.workers if workers is None else workers
+        if self.cfg.weight_transport == "collective" and len(workers) == len(self.workers) and self.broadcast(version):
+            self._finish_sync(version, workers)
+            return
         payload = self.export(version)
         timeout = self.cfg.sync_timeout_s
         for attempt in range(self.cfg.max_restarts + 1):
@@ -155,6 +198,9 @@ class RolloutFleet:
                             "syncing again", type(e).__name__)
                 self._versions()
                 self.restarts += 1
+        self._finish_sync(version, workers)
+
+    def _finish_sync(self, version: int, workers: list) -> None:
         self.weights_version = version
         if self.cfg.check_sync:
             self.check_served(version, workers)
@@ -224,10 +270,21 @@ class RolloutFleet:
                     time.sleep(1.0)
         return versions
 
-    def peak_memory(self) -> dict:
-        """Peak RSS of the largest worker (and CUDA peak where there is a GPU), MiB."""
+    def peak_memory(self, wait: bool = True) -> dict:
+        """Peak RSS of the largest worker (and CUDA peak where there is a GPU), MiB. `wait=False`
+        (trainer.mode=async): the answer to the previous call, so the driver never queues behind a
+        generation in flight; the first call returns {}."""
+        ask = lambda: [w.peak_memory_mb.remote() for w in self.workers]  # noqa: E731
+        if wait:
+            refs = ask()
+        else:
+            refs = self._peak_refs
+            if refs is None or ray.wait(refs, num_returns=len(refs), timeout=0)[1]:  # none asked yet, or not answered
+                self._peak_refs = refs or ask()
+                return {}
+            self._peak_refs = ask()
         try:
-            peaks = ray.get([w.peak_memory_mb.remote() for w in self.workers], timeout=30)
+            peaks = ray.get(refs, timeout=30)
         except Exception as e:  # noqa: BLE001 - a metric must not stop training; a dead worker is handled in generate
             log.debug("rollout peak memory not read: %s", e)
             return {}

@@ -5,6 +5,9 @@
 - G samples per prompt with `SamplingParams(n=G)`; each prompt gets its own seed (seed + index), so
   no two prompts share a random stream. Logprobs are vLLM's *processed* logprobs (after
   temperature), the same quantity the learner computes.
+- Partial rollouts (a `stop` hook) step the engine by hand, one request per sample, and abort what
+  still runs when `stop()` says so; `generate_ids` continues rows from token ids (the prefix cache was
+  reset at the reload, so their KV is computed with the new weights).
 - Weights are replaced in place through vLLM's `reload_weights` (wrapped by
   `collective_rpc("rlreason_reload_weights", dir)`, see vllm_ext.py): the learner writes an HF
   folder, the engine reloads it, no restart, and the prefix cache is reset (its KV
@@ -95,6 +98,7 @@ class VLLMEngine:
             **({"enable_return_routed_experts": True} if self.capture_routing else {}),
         )
         self._routing_warned = False
+        self._requests = 0  # request ids of the hand-stepped runs (partial rollouts)
 
     @classmethod
     def from_config(cls, model_path: str, rollout_cfg, threads: int, seed: int) -> "VLLMEngine":
@@ -134,36 +138,79 @@ class VLLMEngine:
         top_p: float = 1.0,
         greedy: bool = False,
         seed: int | None = None,
+        stop=None,
     ) -> tuple[RolloutBatch, list[str]]:
-        from vllm import SamplingParams
-
+        """n samples of each prompt. With `stop` (partial rollouts), asked after every engine step, the
+        requests still running when it answers True end where they are; each sample is then its own
+        request (seed per sample), so that each can be cut and continued alone."""
         counts = per_prompt_counts(n, len(prompts))
         enc = self.tokenizer(prompts, add_special_tokens=False, return_token_type_ids=False).input_ids
-        params = [
-            SamplingParams(
-                n=int(counts[i]),
-                temperature=0.0 if greedy else temperature,
-                top_p=1.0 if greedy else top_p,
-                top_k=0,
-                max_tokens=max_new_tokens,
-                logprobs=0,
-                seed=None if seed is None else seed * 100_003 + i,
-                stop_token_ids=[self.eos_id],
-                skip_special_tokens=True,
-            )
-            for i in range(len(prompts))
-        ]
-        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in enc], params, use_tqdm=False)
+        if stop is None:
+            params = [self._params(int(counts[i]), max_new_tokens, temperature, top_p, greedy,
+                                   None if seed is None else seed * 100_003 + i) for i in range(len(prompts))]
+            outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in enc], params, use_tqdm=False)
+            rows = [(ids, c) for ids, out in zip(enc, outputs) for c in out.outputs]
+        else:
+            requests = [(ids, self._params(1, max_new_tokens, temperature, top_p, greedy,
+                                           None if seed is None else seed * 100_003 + i * 1_009 + j))
+                        for i, ids in enumerate(enc) for j in range(int(counts[i]))]
+            rows = list(zip([ids for ids, _ in requests], self._run_stoppable(requests, stop)))
+        return self._batch(rows, torch.arange(len(prompts)).repeat_interleave(counts))
+
+    def generate_ids(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                     top_p: float = 1.0, greedy: bool = False, seed: int | None = None, stop=None) -> tuple[RolloutBatch, list[str]]:
+        """Token in: one response to each left-padded row (a prompt and a response so far), each its own group."""
+        enc = [row[m.bool()].tolist() for row, m in zip(prompt_ids, prompt_mask)]
+        requests = [(ids, self._params(1, max_new_tokens, temperature, top_p, greedy, None if seed is None else seed * 100_003 + b))
+                    for b, ids in enumerate(enc)]
+        completions = self._run_stoppable(requests, stop) if stop is not None else [
+            out.outputs[0] for out in self.llm.generate([{"prompt_token_ids": ids} for ids, _ in requests],
+                                                        [p for _, p in requests], use_tqdm=False)]
+        return self._batch(list(zip(enc, completions)), torch.arange(len(enc)))
+
+    def _params(self, n: int, max_new_tokens: int, temperature: float, top_p: float, greedy: bool, seed: int | None):
+        from vllm import SamplingParams
+
+        return SamplingParams(n=n, temperature=0.0 if greedy else temperature, top_p=1.0 if greedy else top_p, top_k=0,
+                              max_tokens=max_new_tokens, logprobs=0, seed=seed, stop_token_ids=[self.eos_id],
+                              skip_special_tokens=True)
+
+    def _run_stoppable(self, requests: list, stop) -> list:
+        """The engine stepped by hand (as LLM.generate does), asking `stop()` after every step; requests still
+        running then are aborted. Returns one completion per request with its tokens so far (cumulative
+        outputs), an empty one for a request not yet scheduled."""
+        from types import SimpleNamespace
+
+        from vllm.sampling_params import RequestOutputKind
+
+        engine = self.llm.llm_engine
+        ids = []
+        for prompt, params in requests:
+            params.output_kind = RequestOutputKind.CUMULATIVE
+            self._requests += 1
+            ids.append(f"rlreason-{self._requests}")  # outputs and aborts use this id (add_request returns an internal one)
+            engine.add_request(ids[-1], {"prompt_token_ids": prompt}, params)
+        last = {}
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                last[out.request_id] = out
+            if stop():
+                engine.abort_request([r for r in ids if r not in last or not last[r].finished])
+                break
+        empty = SimpleNamespace(token_ids=[], logprobs=[], text="", routed_experts=None)
+        return [last[r].outputs[0] if r in last else empty for r in ids]
+
+    def _batch(self, rows: list, group_index: torch.Tensor) -> tuple[RolloutBatch, list[str]]:
+        """A RolloutBatch of (prompt token ids, vLLM completion) rows."""
         prompt_rows, response_rows, logprob_rows, texts, routes, prompt_routes = [], [], [], [], [], []
-        for ids, out in zip(enc, outputs):
-            for c in out.outputs:
-                split = self._split_routes(c, len(ids))
-                prompt_routes.append(split and split[0])
-                routes.append(split and split[1])
-                prompt_rows.append(ids)
-                response_rows.append(list(c.token_ids))
-                logprob_rows.append([d[t].logprob for t, d in zip(c.token_ids, c.logprobs)])
-                texts.append(c.text)
+        for ids, c in rows:
+            split = self._split_routes(c, len(ids))
+            prompt_routes.append(split and split[0])
+            routes.append(split and split[1])
+            prompt_rows.append(ids)
+            response_rows.append(list(c.token_ids))
+            logprob_rows.append([d[t].logprob for t, d in zip(c.token_ids, c.logprobs)])
+            texts.append(c.text)
         P = max(len(r) for r in prompt_rows)
         T = max(1, max(len(r) for r in response_rows))
         B = len(response_rows)
@@ -186,7 +233,7 @@ class VLLMEngine:
             response_ids=response_ids,
             response_mask=response_mask,
             sampling_logprobs=logprobs,
-            group_index=torch.arange(len(prompts)).repeat_interleave(counts),
+            group_index=group_index,
             truncated=truncated,
             routed_experts=_stack_routes(routes, T),
             prompt_routed_experts=_stack_routes(prompt_routes, P, left=True),

@@ -49,6 +49,27 @@ class RolloutWorker:
         self.received_bytes = payload_bytes(payload)
         return version
 
+    def join_weights_group(self, host: str, port: int, rank: int, world: int, timeout_s: float) -> None:
+        """rollout.weight_transport=collective: join the learner's weights group as `rank` (`rlreason/collective.py`)."""
+        from rlreason.collective import WeightsGroup
+
+        self.weights_group = WeightsGroup(host, port, rank, world, timeout_s, "cuda" if torch.cuda.is_available() else "cpu")
+
+    def receive_weights(self, version: int, bucket_mb: float) -> int:
+        """The collective counterpart of `load_weights`: the payload's skeleton from the group's store, its
+        tensors by the learner's broadcast, then loaded at once as `load_weights` loads."""
+        import pickle
+
+        from rlreason.collective import join, slots
+
+        group = self.weights_group
+        skeleton = pickle.loads(group.store.get(f"skeleton/{version}"))
+        tensors = group.broadcast(slots(skeleton), None, bucket_mb)
+        self.engine.load_weights(unpack(join(skeleton, tensors)))
+        self.weights_version = version
+        self.received_bytes = sum(t.numel() * t.element_size() for t in tensors)
+        return version
+
     def served_weights(self) -> dict | None:
         """The engine's fingerprint of what it now serves (`Engine.fingerprint`) and the bytes of the last
         sync's payload; None for an engine that cannot fingerprint itself."""

@@ -1,0 +1,144 @@
+"""Weights by collective broadcast (`rollout.weight_transport=collective`): a torch.distributed group of
+the learner (rank 0) and every rollout worker, gloo on CPU and NCCL on GPUs, so CI runs the code a
+cluster runs.
+
+A payload (a state dict, or the LoRA `AdapterUpdate`, with any state sent beside it) is split into a
+skeleton and its tensors (`split`). The skeleton, a few KB of names, shapes and dtypes, travels by Ray;
+the tensors travel by broadcast, packed into flat buckets of at most `bucket_mb` of one dtype each, so
+a 7 B model goes as a few hundred large messages rather than thousands of small ones. Each receiver
+allocates the buckets from the skeleton, unpacks them and rebuilds the payload (`join`), which the
+engine loads as it loads one from the object store. A tensor under two names (tied embeddings) is sent
+once.
+
+The group is its own process group, not torch's default one, so it coexists with the DeepSpeed group of
+the learner ranks: only learner rank 0 joins it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A tensor's place in a skeleton: its index in the broadcast order, shape and dtype."""
+    index: int
+    shape: tuple
+    dtype: str  # a torch dtype name
+
+
+def split(payload) -> tuple[object, list[torch.Tensor]]:
+    """(skeleton, tensors): the payload with every tensor (or numpy array) replaced by a `Slot`."""
+    tensors: list[torch.Tensor] = []
+    seen: dict[tuple, Slot] = {}
+
+    def walk(x):
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(x)
+        if isinstance(x, torch.Tensor):
+            # the same storage under two names (tied embeddings) is sent once
+            key = (x.untyped_storage().data_ptr(), x.storage_offset(), tuple(x.shape), tuple(x.stride()), x.dtype)
+            if key not in seen:
+                seen[key] = Slot(len(tensors), tuple(x.shape), str(x.dtype).removeprefix("torch."))
+                tensors.append(x.detach().contiguous())
+            return seen[key]
+        if isinstance(x, dict):
+            return {k: walk(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return type(x)(walk(v) for v in x)
+        if dataclasses.is_dataclass(x) and not isinstance(x, type):
+            return dataclasses.replace(x, **{f.name: walk(getattr(x, f.name)) for f in dataclasses.fields(x)})
+        return x
+
+    return walk(payload), tensors
+
+
+def slots(skeleton) -> list[Slot]:
+    """The skeleton's slots in broadcast order."""
+    found: dict[int, Slot] = {}
+
+    def walk(x):
+        if isinstance(x, Slot):
+            found[x.index] = x
+        elif isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v)
+        elif dataclasses.is_dataclass(x) and not isinstance(x, type):
+            for f in dataclasses.fields(x):
+                walk(getattr(x, f.name))
+
+    walk(skeleton)
+    return [found[i] for i in range(len(found))]
+
+
+def join(skeleton, tensors: list[torch.Tensor]):
+    """The payload again: every `Slot` replaced by its tensor."""
+    def walk(x):
+        if isinstance(x, Slot):
+            return tensors[x.index]
+        if isinstance(x, dict):
+            return {k: walk(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return type(x)(walk(v) for v in x)
+        if dataclasses.is_dataclass(x) and not isinstance(x, type):
+            return dataclasses.replace(x, **{f.name: walk(getattr(x, f.name)) for f in dataclasses.fields(x)})
+        return x
+
+    return walk(skeleton)
+
+
+def buckets(specs: list[Slot], bucket_bytes: int) -> list[list[int]]:
+    """Consecutive slots of one dtype, at most `bucket_bytes` a bucket (a larger tensor goes alone)."""
+    out: list[list[int]] = []
+    size, dtype = 0, None
+    for s in specs:
+        nbytes = int(np.prod(s.shape, dtype=np.int64)) * getattr(torch, s.dtype).itemsize
+        if not out or s.dtype != dtype or size + nbytes > bucket_bytes:
+            out.append([])
+            size, dtype = 0, s.dtype
+        out[-1].append(s.index)
+        size += nbytes
+    return out
+
+
+class WeightsGroup:
+    """Rank 0 (the learner) broadcasts, ranks 1.. (the rollout workers) receive."""
+
+    def __init__(self, host: str, port: int, rank: int, world: int, timeout_s: float, device: str = "cpu"):
+        import torch.distributed as dist
+
+        timeout = datetime.timedelta(seconds=timeout_s)
+        self.rank, self.device = rank, torch.device(device)
+        self.store = dist.TCPStore(host, port, world, rank == 0, timeout=timeout)
+        if self.device.type == "cuda":
+            self.group = dist.ProcessGroupNCCL(self.store, rank, world)
+        else:
+            self.group = dist.ProcessGroupGloo(self.store, rank, world, timeout)
+
+    def broadcast(self, specs: list[Slot], tensors: list[torch.Tensor] | None, bucket_mb: float) -> list[torch.Tensor]:
+        """Rank 0 passes its `tensors`; every rank gets them back (receivers: new tensors on the device)."""
+        import torch.distributed as dist
+
+        opts = dist.BroadcastOptions()
+        opts.rootRank = 0
+        out: list[torch.Tensor | None] = [None] * len(specs)
+        for bucket in buckets(specs, int(bucket_mb * 2**20)):
+            shapes = [specs[i].shape for i in bucket]
+            numels = [int(np.prod(s, dtype=np.int64)) for s in shapes]
+            dtype = getattr(torch, specs[bucket[0]].dtype)
+            if self.rank == 0:
+                flat = torch.cat([tensors[i].reshape(-1).to(self.device) for i in bucket])
+            else:
+                flat = torch.empty(sum(numels), dtype=dtype, device=self.device)
+            self.group.broadcast([flat], opts).wait()
+            for i, part, shape in zip(bucket, flat.split(numels), shapes):
+                out[i] = part.view(shape)
+        return out
