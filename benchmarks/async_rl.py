@@ -1,11 +1,14 @@
 """Synchronous vs one-step-off vs asynchronous training at an equal rollout-token budget.
 
     .venv/bin/python benchmarks/async_rl.py [--seeds 0,1,2] [--tokens 250000] [--arms "sync;async k=2"] [--out DIR] [-- extra overrides]
+    .venv/bin/python benchmarks/async_rl.py --job smollm2 --tokens 20000 --seeds 0 --arms "sync;async k=1;async k=2 + partial"
     .venv/bin/python benchmarks/async_rl.py --simulate [--latency 0.02] [--workers 1,2,4] [--caps 16,64] [--steps 12]
 
 Each arm is `make run`'s job (recipe=tempo on the default task, the tiny MoE: 32 prompts x 8 samples, up
-to 32 tokens), run through `rlreason/run.py` until `rollout_token_budget` tokens, evaluated on the held-out
-split before and after (greedy, and pass@1 from 8 samples). Every arm uses `algo.tis_mode=token`, so the
+to 32 tokens), or with `--job smollm2` `make run-smollm2`'s (GRPO, SmolLM2-135M-Instruct with LoRA on
+elementary math, 6 prompts x 8 samples, 60 held-out problems x 4 samples), run through `rlreason/run.py`
+until `rollout_token_budget` tokens, evaluated on the held-out split before and after (greedy, and pass@1
+from the job's samples). Every arm uses `algo.tis_mode=token`, so the
 only difference is when the samples were generated. The seeds run one after another, the arms alternating.
 Per run it keeps `metrics.jsonl` and `summary.json` under `--out`, and prints one table: steps and wall
 time of the training steps, steps per hour, learner and rollout utilisation, staleness, and held-out
@@ -40,6 +43,12 @@ ARMS = {
     "async k=1": ["trainer.mode=async", "trainer.max_staleness=1"],
     "async k=2": ["trainer.mode=async", "trainer.max_staleness=2"],
     "async k=4": ["trainer.mode=async", "trainer.max_staleness=4"],
+    "async k=2 + partial": ["trainer.mode=async", "trainer.max_staleness=2", "rollout.partial=true"],
+}
+JOBS = {
+    "tiny": ["recipe=tempo"],
+    "smollm2": ["model=smollm2", "task=elementary_math", "recipe=grpo", "rollout.prompts_per_step=6", "task.eval_per_category=12",
+                "eval_samples=4"],
 }
 
 
@@ -116,6 +125,7 @@ def simulate(args) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--job", choices=tuple(JOBS), default="tiny")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--tokens", type=int, default=250_000, help="rollout_token_budget of every run")
     ap.add_argument("--arms", default="", help="';'-separated arm names (default: all)")
@@ -130,7 +140,7 @@ def main() -> int:
     if args.simulate:
         simulate(args)
         return 0
-    arms = {a: ARMS[a] for a in (args.arms.split(";") if args.arms else ARMS)}
+    arms = {a: ARMS[a] for a in (args.arms.split(";") if args.arms else list(ARMS)[:5])}
     seeds = [int(s) for s in args.seeds.split(",")]
     rows: dict[str, list[dict]] = {arm: [] for arm in arms}
     with tempfile.TemporaryDirectory(prefix="rlr-async-rl-") as tmp:
@@ -138,7 +148,7 @@ def main() -> int:
             for arm, extra in arms.items():
                 name = f"{arm.replace(' ', '').replace('=', '')}-s{seed}"
                 run_dir = Path(tmp) / name
-                cmd = [sys.executable, str(ROOT / "rlreason" / "run.py"), "recipe=tempo", f"seed={seed}", "total_steps=1000",
+                cmd = [sys.executable, str(ROOT / "rlreason" / "run.py"), *JOBS[args.job], f"seed={seed}", "total_steps=1000",
                        f"rollout_token_budget={args.tokens}", "eval_every=0", "checkpoint_every=0", "algo.tis_mode=token",
                        "telemetry.tensorboard=false", "telemetry.console=false", f"run_dir={run_dir}", *extra, *args.extra]
                 t0 = time.time()

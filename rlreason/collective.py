@@ -32,67 +32,46 @@ class Slot:
     dtype: str  # a torch dtype name
 
 
+def _map(x, is_leaf, fn):
+    """`x` with every leaf replaced by fn(leaf), through dicts, lists, tuples and dataclasses."""
+    if is_leaf(x):
+        return fn(x)
+    if isinstance(x, dict):
+        return {k: _map(v, is_leaf, fn) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_map(v, is_leaf, fn) for v in x)
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return dataclasses.replace(x, **{f.name: _map(getattr(x, f.name), is_leaf, fn) for f in dataclasses.fields(x)})
+    return x
+
+
 def split(payload) -> tuple[object, list[torch.Tensor]]:
     """(skeleton, tensors): the payload with every tensor (or numpy array) replaced by a `Slot`."""
     tensors: list[torch.Tensor] = []
     seen: dict[tuple, Slot] = {}
 
-    def walk(x):
-        if isinstance(x, np.ndarray):
-            x = torch.from_numpy(x)
-        if isinstance(x, torch.Tensor):
-            # the same storage under two names (tied embeddings) is sent once
-            key = (x.untyped_storage().data_ptr(), x.storage_offset(), tuple(x.shape), tuple(x.stride()), x.dtype)
-            if key not in seen:
-                seen[key] = Slot(len(tensors), tuple(x.shape), str(x.dtype).removeprefix("torch."))
-                tensors.append(x.detach().contiguous())
-            return seen[key]
-        if isinstance(x, dict):
-            return {k: walk(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return type(x)(walk(v) for v in x)
-        if dataclasses.is_dataclass(x) and not isinstance(x, type):
-            return dataclasses.replace(x, **{f.name: walk(getattr(x, f.name)) for f in dataclasses.fields(x)})
-        return x
+    def slot(x) -> Slot:
+        x = torch.from_numpy(x) if isinstance(x, np.ndarray) else x
+        # the same storage under two names (tied embeddings) is sent once
+        key = (x.untyped_storage().data_ptr(), x.storage_offset(), tuple(x.shape), tuple(x.stride()), x.dtype)
+        if key not in seen:
+            seen[key] = Slot(len(tensors), tuple(x.shape), str(x.dtype).removeprefix("torch."))
+            tensors.append(x.detach().contiguous())
+        return seen[key]
 
-    return walk(payload), tensors
+    return _map(payload, lambda x: isinstance(x, (torch.Tensor, np.ndarray)), slot), tensors
 
 
 def slots(skeleton) -> list[Slot]:
     """The skeleton's slots in broadcast order."""
     found: dict[int, Slot] = {}
-
-    def walk(x):
-        if isinstance(x, Slot):
-            found[x.index] = x
-        elif isinstance(x, dict):
-            for v in x.values():
-                walk(v)
-        elif isinstance(x, (list, tuple)):
-            for v in x:
-                walk(v)
-        elif dataclasses.is_dataclass(x) and not isinstance(x, type):
-            for f in dataclasses.fields(x):
-                walk(getattr(x, f.name))
-
-    walk(skeleton)
+    _map(skeleton, lambda x: isinstance(x, Slot), lambda s: found.setdefault(s.index, s))
     return [found[i] for i in range(len(found))]
 
 
 def join(skeleton, tensors: list[torch.Tensor]):
     """The payload again: every `Slot` replaced by its tensor."""
-    def walk(x):
-        if isinstance(x, Slot):
-            return tensors[x.index]
-        if isinstance(x, dict):
-            return {k: walk(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return type(x)(walk(v) for v in x)
-        if dataclasses.is_dataclass(x) and not isinstance(x, type):
-            return dataclasses.replace(x, **{f.name: walk(getattr(x, f.name)) for f in dataclasses.fields(x)})
-        return x
-
-    return walk(skeleton)
+    return _map(skeleton, lambda x: isinstance(x, Slot), lambda s: tensors[s.index])
 
 
 def buckets(specs: list[Slot], bucket_bytes: int) -> list[list[int]]:

@@ -70,3 +70,38 @@ def read_metrics(run_dir) -> list[dict]:
     import json
 
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def interrupted_and_resumed(worker, steps: int, max_new: int = 12):
+    """Partial-rollout exactness on a rollout worker: greedy answers to 3 prompts x 2, once straight through
+    (`ref`) and once stopped after `steps` decode steps (`cut`), then continued with the weights relabelled
+    version 1, as a load of identical weights would (`out`). Returns (ref, ref_texts, cut, out, texts) after
+    the checks both engines share: the same ids and texts, log-probs within 1e-4, the versions switching
+    where each row was cut, no row past the budget."""
+    import torch
+
+    worker.partial = True
+    prompts = ["1+2=", "10-3+4=", "7+7-1="]
+    ref, ref_texts = worker.generate(prompts, 0, 2, max_new, 1.0, 1.0, greedy=True, seed=0)
+    calls = {"n": 0}
+
+    def after_steps():
+        calls["n"] += 1
+        return calls["n"] >= steps
+
+    worker._interrupted = after_steps
+    cut, _ = worker.generate(prompts, 0, 2, max_new, 1.0, 1.0, greedy=True, seed=0)
+    done = cut.response_mask.sum(-1)
+    assert cut.meta["unfinished"] > 0 and int(done.max()) <= steps
+    worker._interrupted = lambda: False
+    worker.weights_version = 1
+    out, texts = worker.resume(cut, max_new, 1.0, 1.0, seed=7, greedy=True)
+    assert out.meta["unfinished"] == 0 and texts == ref_texts
+    T = out.response_ids.shape[1]
+    assert torch.equal(out.response_ids, ref.response_ids[:, :T]) and torch.equal(out.response_mask, ref.response_mask[:, :T])
+    mask = out.response_mask.bool()
+    assert int(mask.sum(-1).max()) <= max_new
+    assert (out.sampling_logprobs - ref.sampling_logprobs[:, :T])[mask].abs().max() < 1e-4
+    positions = torch.arange(T).expand_as(mask)
+    assert torch.equal(out.versions[mask], (positions >= done[:, None]).int()[mask])  # version 1 from the cut on
+    return ref, ref_texts, cut, out, texts

@@ -190,35 +190,17 @@ def test_stitch_appends_a_continuation_with_its_version_by_hand():
 
 @pytest.mark.parametrize("record_routing", [True, False])  # HF generate with a stopping criterion | rollout/decode.py
 def test_an_interrupted_greedy_generation_continues_to_the_same_tokens(tiny_policy, record_routing):
-    """Interrupt exactness: fixed weights, greedy. A generation stopped after 3 tokens and continued (the
-    weights relabelled version 1, as a load of identical weights would) gives the uninterrupted ids, the
-    same log-probs, the versions switching at token 4, and no row past the budget."""
+    """Interrupt exactness (conftest.interrupted_and_resumed): fixed weights, greedy, stopped after 3 tokens and
+    continued: the uninterrupted ids and log-probs, the versions switching at token 4, and on the generate path
+    the MoE routes of each token as the uninterrupted run recorded them."""
+    from conftest import interrupted_and_resumed
+
     from rlreason.rollout.worker import RolloutWorker
 
     worker = RolloutWorker("hf", tiny_policy, threads=1, record_routing=record_routing)
-    worker.partial = True
-    prompts, max_new = ["1+2=", "10-3+4=", "7+7-1="], 12
-    ref, ref_texts = worker.generate(prompts, 0, 2, max_new, 1.0, 1.0, greedy=True, seed=0)
-    calls = {"n": 0}
-
-    def after_three_tokens():
-        calls["n"] += 1
-        return calls["n"] >= 3
-
-    worker._interrupted = after_three_tokens
-    cut, _ = worker.generate(prompts, 0, 2, max_new, 1.0, 1.0, greedy=True, seed=0)
-    assert cut.meta["unfinished"] > 0 and int(cut.response_mask.sum(-1).max()) == 3
-    worker._interrupted = lambda: False
-    worker.weights_version = 1
-    out, texts = worker.resume(cut, max_new, 1.0, 1.0, seed=7, greedy=True)
-    assert out.meta["unfinished"] == 0 and texts == ref_texts
-    assert torch.equal(out.response_mask, ref.response_mask[:, :out.response_mask.shape[1]])
-    assert torch.equal(out.response_ids, ref.response_ids[:, :out.response_ids.shape[1]])
-    assert int(out.response_mask.sum(-1).max()) <= max_new
+    ref, _, cut, out, _ = interrupted_and_resumed(worker, steps=3)
+    assert int(cut.response_mask.sum(-1).max()) == 3  # every row was still running at the cut
     mask = out.response_mask.bool()
-    assert (out.sampling_logprobs - ref.sampling_logprobs[:, :mask.shape[1]])[mask].abs().max() < 1e-4
-    positions = torch.arange(mask.shape[1]).expand_as(mask)
-    assert torch.equal(out.versions[mask], (positions[mask] >= 3).int())  # versions switch at the 4th token
     if record_routing:  # each token's routes recorded once, by the weights that sampled it
         same = (out.routed_experts == ref.routed_experts[:, :mask.shape[1]])[mask]
         assert float(same.float().mean()) > 0.99

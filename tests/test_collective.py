@@ -90,3 +90,45 @@ def test_collective_syncs_serve_what_the_object_store_serves(ray_local, tmp_path
         for key in ("curriculum/batch_digest", "reward/mean", "loss/policy", "grad_norm", "kl/rollout_vs_train"):
             assert a[key] == b[key], (step, key)
     assert runs["collective"][3]["sync/bytes"] > 0
+
+
+@pytest.mark.integration
+def test_a_worker_killed_between_collective_syncs_is_reloaded_and_the_group_formed_again(ray_local, tmp_path):
+    """Worker 0 is SIGKILLed after step 1's broadcast. Step 2's generation finds it dead: it is restarted and
+    loaded through the object store. Step 2's sync then forms the group again, on a fresh port, and broadcasts;
+    every sync passes the fingerprint check."""
+    import os
+    import signal
+
+    import ray
+    from conftest import read_metrics
+
+    from rlreason.run import compose
+    from rlreason.trainer import Trainer
+
+    cfg, _ = compose(["recipe=grpo", "scale=smoke", "total_steps=3", "eval_every=0", "telemetry.tensorboard=false",
+                      "telemetry.console=false", "task.eval_per_category=1", f"run_dir={tmp_path}", "rollout.num_workers=2",
+                      "rollout.weight_transport=collective"])
+    trainer = Trainer.from_config(cfg, tmp_path)
+    trainer.start()
+    fleet = trainer.fleet
+    broadcast, broadcasts = fleet.broadcast, []
+
+    def broadcast_then_kill(version):
+        ok = broadcast(version)
+        broadcasts.append((version, ok))
+        if version == 1:
+            os.kill(ray.get(fleet.workers[0].pid.remote()), signal.SIGKILL)
+        return ok
+
+    fleet.broadcast = broadcast_then_kill
+    try:
+        trainer.fit()
+        steps = {m["step"]: m for m in read_metrics(tmp_path) if "reward/mean" in m}
+        assert sorted(steps) == [1, 2, 3] and steps[3]["faults/rollout_recoveries"] >= 1
+        assert all(m["sync/fingerprint_ok"] == 1.0 for m in steps.values())
+        assert broadcasts == [(1, True), (2, True), (3, True)] and fleet.group_ok
+    finally:
+        trainer.close()
+        for actor in [*trainer.learners.actors, *trainer.fleet.workers]:
+            ray.kill(actor)

@@ -92,31 +92,9 @@ def test_vllm_generates_and_syncs_in_place(policy, request, tmp_path):
 
 
 def test_vllm_an_interrupted_greedy_generation_continues_to_the_same_tokens(tiny_dense):
-    """Partial rollouts on vLLM: the engine stepped by hand is stopped after 3 steps, the requests still
-    running are aborted, and the continuation from their token ids (weights relabelled version 1, as a load
-    of identical weights would) gives the uninterrupted greedy ids, the same log-probs, and the versions
-    switching where the first call stopped."""
-    worker = RolloutWorker("vllm", tiny_dense, threads=2)
-    worker.partial = True
-    prompts, max_new = ["1+2=", "10-3+4=", "7+7-1="], 12
-    ref, ref_texts = worker.generate(prompts, 0, 2, max_new, 1.0, 1.0, greedy=True, seed=0)
-    calls = {"n": 0}
+    """Partial rollouts on vLLM (conftest.interrupted_and_resumed): the engine stepped by hand is stopped after 3
+    steps, the requests still running are aborted, and the continuation from their token ids gives the
+    uninterrupted greedy ids and log-probs, the versions switching where the first call stopped."""
+    from conftest import interrupted_and_resumed
 
-    def after_three_steps():
-        calls["n"] += 1
-        return calls["n"] >= 3
-
-    worker._interrupted = after_three_steps
-    cut, _ = worker.generate(prompts, 0, 2, max_new, 1.0, 1.0, greedy=True, seed=0)
-    done = cut.response_mask.sum(-1)
-    assert cut.meta["unfinished"] > 0 and int(done.max()) <= 3
-    worker._interrupted = lambda: False
-    worker.weights_version = 1
-    out, texts = worker.resume(cut, max_new, 1.0, 1.0, seed=7, greedy=True)
-    assert out.meta["unfinished"] == 0 and texts == ref_texts
-    T = out.response_ids.shape[1]
-    assert torch.equal(out.response_ids, ref.response_ids[:, :T]) and torch.equal(out.response_mask, ref.response_mask[:, :T])
-    mask = out.response_mask.bool()
-    assert (out.sampling_logprobs - ref.sampling_logprobs[:, :T])[mask].abs().max() < TOL
-    positions = torch.arange(T).expand_as(mask)
-    assert torch.equal(out.versions[mask], (positions >= done[:, None]).int()[mask])
+    interrupted_and_resumed(RolloutWorker("vllm", tiny_dense, threads=2), steps=3)

@@ -76,7 +76,6 @@ class AsyncRollouts:
         self.hung_restarts = 0
         self.interrupted = 0  # shards a weight update interrupted (rollout.partial), this step
         self.resumed_tokens = 0  # the tokens they had generated, kept and continued, this step
-        self.check_sync = check_sync
         self.layout = None  # (grouping, dtype) of the engines' fingerprints
         if check_sync:
             first = ray.get(fleet.workers[0].served_weights.remote(), timeout=fleet.cfg.sync_timeout_s)

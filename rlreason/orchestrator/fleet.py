@@ -198,6 +198,7 @@ class RolloutFleet:
                             "syncing again", type(e).__name__)
                 self._versions()
                 self.restarts += 1
+                self.group_ok = False
         self._finish_sync(version, workers)
 
     def _finish_sync(self, version: int, workers: list) -> None:
@@ -213,6 +214,7 @@ class RolloutFleet:
             ray.kill(self.workers[k], no_restart=False)
         self._versions()
         self.restarts += 1
+        self.group_ok = False  # a restarted worker is in no weights group
 
     def prune_folders(self, version: int) -> None:
         """Every worker serves `version`: the HF folders of older versions can go."""
@@ -251,6 +253,7 @@ class RolloutFleet:
         ones, which came back with the initial weights, the current weights."""
         stale = [w for w, version in zip(self.workers, self._versions()) if version != self.weights_version]
         self.restarts += 1
+        self.group_ok = self.group_ok and not stale  # a restarted worker is in no weights group
         if stale and self.weights_version:
             self.sync(self.weights_version, stale)
         log.warning("%d rollout worker(s) restarted and brought to weights version %d", len(stale), self.weights_version)
