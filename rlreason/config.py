@@ -346,7 +346,7 @@ class RolloutConfig:
     # own (rlreason/weights_check.py: per-tensor fp64 sums, ~0.6 s a side for SmolLM2 here); a difference stops the run
     check_sync: bool = True
     sync_timeout_s: float = 600.0  # a worker that has not loaded new weights by then is restarted and loaded again
-    # trainer.mode=async, hf engine: a weight update interrupts generations running on older weights; they
+    # trainer.mode=async: a weight update interrupts generations running on older weights (hf and vllm); they
     # continue under the new weights from their tokens so far, each token stamped with its version (docs/async.md)
     partial: bool = False
     # how synced weights travel: object_store (Ray's shared memory; an HF folder for vLLM) | collective (a gloo/NCCL
