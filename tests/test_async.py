@@ -119,7 +119,7 @@ def test_async_with_max_staleness_0_is_synchronous_training_bit_for_bit(ray_loca
 @pytest.mark.integration
 def test_async_trains_within_the_bound_and_a_killed_worker_loses_and_duplicates_nothing(ray_local, tmp_path):
     """max_staleness=2, 5 steps; rollout worker 0 is SIGKILLed just after step 2's weights are published,
-    while it generates a later step's shard. Every step must still train on exactly the prompts the sampler
+    while it generates step 5's shard. Every step must still train on exactly the prompts the sampler
     drew for it, each answered group_size times, from weights at most 2 versions old."""
     import ray
 
@@ -129,24 +129,26 @@ def test_async_trains_within_the_bound_and_a_killed_worker_loses_and_duplicates_
 
     def kill_after_publish_2(trainer):
         make = trainer._async_rollouts
+        pid = ray.get(trainer.fleet.workers[0].pid.remote())  # asked now: later it would queue behind a generation
 
         def wrapped():
             rollouts = make()
             publish = rollouts.publish
 
             def publish_then_kill(version):
-                publish(version)
+                publish(version)  # the gate now admits step 5, whose shard worker 0 starts generating
                 if version == 2:
-                    killed["pid"] = ray.get(trainer.fleet.workers[0].pid.remote())
-                    os.kill(killed["pid"], signal.SIGKILL)
+                    killed["pid"] = pid
+                    os.kill(pid, signal.SIGKILL)
 
             rollouts.publish = publish_then_kill
             return rollouts
 
         trainer._async_rollouts = wrapped
 
-    steps, batches, _, n_train = _run(tmp_path, ["trainer.mode=async", "trainer.max_staleness=2", "total_steps=5"],
-                             hook=kill_after_publish_2)
+    # decode steps slowed to 20 ms (rollout.simulated_step_latency_s): the shard is still running when the kill comes
+    steps, batches, _, n_train = _run(tmp_path, ["trainer.mode=async", "trainer.max_staleness=2", "total_steps=5",
+                                                 "rollout.simulated_step_latency_s=0.02"], hook=kill_after_publish_2)
     assert killed and sorted(steps) == [1, 2, 3, 4, 5]
     assert steps[5]["faults/rollout_recoveries"] >= 1
     B, G = 4, 4  # scale=smoke

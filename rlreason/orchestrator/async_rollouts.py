@@ -262,6 +262,9 @@ class AsyncRollouts:
         self.fleet.sync_metrics = {**self.fleet.sync_metrics, "sync/s": time.perf_counter() - self.published_at.pop(load.version)}
         del self.served[load.version]
         self.fleet.prune_folders(load.version)
+        # versions still loading keep their fingerprints (their loads may be handled after a newer version's), and
+        # so does the published one (a worker restarted later is checked against it; the learner has moved on)
+        self.fleet.forget_expected(min([ld.version for ld in self.loads.values()] + [self.published]))
 
     def _recover(self) -> None:
         """Wait for Ray to restart dead workers; give every worker behind the published version its

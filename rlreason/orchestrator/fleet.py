@@ -207,6 +207,12 @@ class RolloutFleet:
             self.check_served(version, workers)
         if len(workers) == len(self.workers):
             self.prune_folders(version)
+            self.forget_expected(version)
+
+    def forget_expected(self, version: int) -> None:
+        """Drop the learner's fingerprints of versions before `version` (every worker serves it or newer)."""
+        for key in [k for k in self._expected if k[0] < version]:
+            del self._expected[key]
 
     def restart(self, hung: list[int]) -> None:
         """Kill workers that hang (Ray restarts them with the initial weights) and wait until they answer."""
@@ -229,15 +235,20 @@ class RolloutFleet:
         `served`: the workers' `served_weights()` answers when the caller has them. Sets `sync_metrics`
         (sync/fingerprint_ok, sync/bytes) for the step's log."""
         if served is None:
-            served = ray.get([w.served_weights.remote() for w in workers], timeout=self.cfg.sync_timeout_s)
+            try:
+                served = ray.get([w.served_weights.remote() for w in workers], timeout=self.cfg.sync_timeout_s)
+            except ray.exceptions.GetTimeoutError as e:
+                raise SyncTimeout(f"rollout workers did not fingerprint the weights of version {version} within "
+                                  f"rollout.sync_timeout_s={self.cfg.sync_timeout_s:g} s; giving up rather than wait forever.") from e
         if served[0] is None:
             if not self._unchecked_warned:
                 log.warning("rollout.engine=%s cannot fingerprint its weights: weight syncs are not checked", self.cfg.engine)
                 self._unchecked_warned = True
             return
-        expected = self.learners.wait(self.expect(version, served[0]["grouping"], served[0]["dtype"]), "weights_fingerprint")
-        for key in [k for k in self._expected if k[0] < version]:  # older versions are checked or superseded
-            del self._expected[key]
+        grouping, dtype = served[0]["grouping"], served[0]["dtype"]
+        if (version, grouping, dtype) not in self._expected and self._exported is not None and version < self._exported[0]:
+            return  # superseded: its fingerprint is gone and every worker has a newer version queued, which is checked
+        expected = self.learners.wait(self.expect(version, grouping, dtype), "weights_fingerprint")
         for w, answer in zip(workers, served):
             bad = mismatches(expected, answer["groups"])
             if bad or answer["version"] != version:
