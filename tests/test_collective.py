@@ -94,9 +94,9 @@ def test_collective_syncs_serve_what_the_object_store_serves(ray_local, tmp_path
 
 @pytest.mark.integration
 def test_a_worker_killed_between_collective_syncs_is_reloaded_and_the_group_formed_again(ray_local, tmp_path):
-    """Worker 0 is SIGKILLed after step 1's broadcast. Step 2's generation finds it dead: it is restarted and
-    loaded through the object store. Step 2's sync then forms the group again, on a fresh port, and broadcasts;
-    every sync passes the fingerprint check."""
+    """Worker 0 is SIGKILLed right after step 1's broadcast, before the sync's fingerprint check: the check finds
+    it dead, it is restarted and loaded through the object store, and all are checked. Step 2's sync then forms
+    the group again, on a fresh port, and broadcasts; every sync passes the fingerprint check."""
     import os
     import signal
 

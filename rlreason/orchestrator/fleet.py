@@ -204,7 +204,12 @@ class RolloutFleet:
     def _finish_sync(self, version: int, workers: list) -> None:
         self.weights_version = version
         if self.cfg.check_sync:
-            self.check_served(version, workers)
+            try:
+                self.check_served(version, workers)
+            except DEAD as e:  # died between its load and its check: restarted, reloaded (and checked), then all again
+                log.warning("a rollout worker died before its weights were checked (%s); reloading it", type(e).__name__)
+                self.recover()
+                self.check_served(version, workers)
         if len(workers) == len(self.workers):
             self.prune_folders(version)
             self.forget_expected(version)
