@@ -279,7 +279,7 @@ class AsyncRollouts:
         for ref in [r for r, s in self.running.items() if s.worker in stale_ids]:  # lost with the process
             shard = self.running.pop(ref)
             self.queues[shard.worker].appendleft(shard)
-        if stale and self.published:
+        if stale:
             fleet.sync(self.published, stale)
 
     def _load_deadline(self) -> float | None:

@@ -139,7 +139,7 @@ class HFEngine:
             texts += t
         return RolloutBatch.concat(parts, self.pad_id), texts
 
-    @torch.no_grad()
+    @torch.no_grad()  # the shared-prefix prefill too
     def _generate_chunk(self, prompts: list[str], n: list[int], max_new_tokens: int, temperature: float, top_p: float,
                         greedy: bool, stop=None) -> tuple[RolloutBatch, list[str]]:
         enc = self.tokenizer(
@@ -160,10 +160,10 @@ class HFEngine:
         when a partial rollout continues), each row its own group."""
         if seed is not None:
             torch.manual_seed(seed)
-        with torch.no_grad():
-            return self._decode(prompt_ids.to(self.device), prompt_mask.to(self.device), torch.arange(prompt_ids.shape[0]),
-                                max_new_tokens, temperature, top_p, greedy, None, stop)
+        return self._decode(prompt_ids.to(self.device), prompt_mask.to(self.device), torch.arange(prompt_ids.shape[0]),
+                            max_new_tokens, temperature, top_p, greedy, None, stop)
 
+    @torch.no_grad()
     def _decode(self, prompt_ids, prompt_mask, group_index, max_new_tokens, temperature, top_p, greedy, cache, stop):
         recorder = RoutingRecorder(self.model, prompt_ids.shape[0]) if self.record_routing else None
         if recorder is None and self.compact_finished:  # ended responses leave the batch (rollout/decode.py)

@@ -6,9 +6,9 @@ from its prompt followed by its response so far (token in: nothing is decoded an
 the budget left, max_new_tokens - n_done (a continuation must not get the whole budget again). The
 continuation's tokens are appended; every token keeps the log-prob it was sampled with and the
 weights version that sampled it (`versions`), so the learner's importance weight pi_old / mu is per
-token. The MoE routes of the tokens so far are those the sampler used; the continuation's prefill
-re-routes them under the new weights, and those rows are not kept (the routes recorded for a
-response cover each token once, from the weights that sampled it).
+token. The MoE routes of the tokens so far stay those the sampler used: the continuation's prefill
+routes them again under the new weights, and those prefill routes are discarded, so the routes of a
+response cover each token once, from the weights that sampled it.
 """
 
 from __future__ import annotations
