@@ -102,6 +102,25 @@ class WeightsGroup:
         else:
             self.group = dist.ProcessGroupGloo(self.store, rank, world, timeout)
 
+    def send(self, version: int, payload, bucket_mb: float) -> int:
+        """Rank 0: the payload of weights `version`, its skeleton through the store and its tensors by
+        broadcast. Returns the bytes broadcast."""
+        import pickle
+
+        skeleton, tensors = split(payload)
+        self.store.set(f"skeleton/{version}", pickle.dumps(skeleton))
+        self.broadcast(slots(skeleton), tensors, bucket_mb)
+        self.store.delete_key(f"skeleton/{version}")  # every receiver read it before the broadcast could finish
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def receive(self, version: int, bucket_mb: float) -> tuple[object, int]:
+        """Ranks 1..: (the payload rank 0 sends as weights `version`, its bytes)."""
+        import pickle
+
+        skeleton = pickle.loads(self.store.get(f"skeleton/{version}"))
+        tensors = self.broadcast(slots(skeleton), None, bucket_mb)
+        return join(skeleton, tensors), sum(t.numel() * t.element_size() for t in tensors)
+
     def broadcast(self, specs: list[Slot], tensors: list[torch.Tensor] | None, bucket_mb: float) -> list[torch.Tensor]:
         """Rank 0 passes its `tensors`; every rank gets them back (receivers: new tensors on the device)."""
         import torch.distributed as dist

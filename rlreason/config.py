@@ -350,7 +350,7 @@ class RolloutConfig:
     # continue under the new weights from their tokens so far, each token stamped with its version (docs/async.md)
     partial: bool = False
     # how synced weights travel: object_store (Ray's shared memory; an HF folder for vLLM) | collective (a gloo/NCCL
-    # group of the learner and the workers, broadcast in buckets; hf engine, trainer.mode=sync; docs/scaling.md)
+    # group of the learner and the workers, broadcast in buckets; hf and vllm, trainer.mode=sync; docs/scaling.md)
     weight_transport: str = "object_store"
     collective_bucket_mb: float = 256.0  # collective: tensors of one dtype packed into broadcasts of at most this size
     # benchmarks: every decode step of a generation call also sleeps this long (s), standing for an engine on its own
@@ -393,9 +393,10 @@ class RolloutConfig:
             raise ConfigError(str(e)) from None
         from rlreason.transfer import TENSORS
 
-        if self.weight_transport == "collective" and ENGINES.get(self.engine).weights_format != TENSORS:
+        engine = ENGINES.get(self.engine)
+        if self.weight_transport == "collective" and engine.weights_format != TENSORS and not hasattr(engine, "receive_weights"):
             raise ConfigError(f"rollout.weight_transport=collective: rollout.engine={self.engine} reloads weights from an HF "
-                              "folder, not from tensors; use rollout.engine=hf, or rollout.weight_transport=object_store")
+                              "folder and cannot receive a broadcast; use rollout.weight_transport=object_store")
         if self.partial and not hasattr(ENGINES.get(self.engine), "generate_ids"):  # the token-in continuation
             raise ConfigError(f"rollout.partial=true: rollout.engine={self.engine} cannot continue a generation from its "
                               "tokens (no generate_ids); use rollout.engine=hf, or rollout.partial=false (weight loads "

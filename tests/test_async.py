@@ -209,14 +209,18 @@ def test_an_interrupted_greedy_generation_continues_to_the_same_tokens(tiny_poli
 
 
 @pytest.mark.integration
-def test_partial_rollouts_under_async_continue_interrupted_generations_within_the_bound(ray_local, tmp_path):
+@pytest.mark.parametrize("engine", ["hf", "vllm"])
+def test_partial_rollouts_under_async_continue_interrupted_generations_within_the_bound(engine, ray_local, tmp_path):
     """max_staleness=1 with rollout.partial=true, and decode steps slowed to 30 ms (rollout.simulated_step_latency_s)
     so that generation is the bottleneck and weight updates land while workers generate: generations are
     interrupted and continued, samples then carry two versions, and every step still trains on whole groups
-    within the bound."""
+    within the bound. Every published version passes the sync check on both engines."""
     steps, batches, _, _ = _run(tmp_path, ["trainer.mode=async", "trainer.max_staleness=1", "rollout.partial=true",
-                                           "rollout.simulated_step_latency_s=0.03", "rollout.max_new_tokens=48", "total_steps=5"])
+                                           "rollout.simulated_step_latency_s=0.03", "rollout.max_new_tokens=48", "total_steps=5",
+                                           f"rollout.engine={engine}"])
     assert sorted(steps) == [1, 2, 3, 4, 5]
+    assert all(m["sync/fingerprint_ok"] == 1.0 for m in steps.values() if "sync/fingerprint_ok" in m)
+    assert any("sync/fingerprint_ok" in m for m in steps.values())
     assert sum(m["async/interrupted"] for m in steps.values()) > 0
     assert sum(m["async/resumed_tokens"] for m in steps.values()) > 0
     spans = [float(m["async/max_version_span"]) for m in steps.values()]

@@ -44,7 +44,7 @@ def test_smollm2_elementary_math(engine, tmp_path):
     else:
         assert all(0.0 <= m["accuracy/eval"] <= 1.0 for m in (metrics[0], steps[-1])) and "accuracy/eval_sampled" not in steps[-1]
     for m in steps:
-        assert m["loss/policy"] == m["loss/policy"] and m["timing/sync_s"] > 0
+        assert m["loss/policy"] == m["loss/policy"] and m["timing/sync_s"] > 0 and m["sync/fingerprint_ok"] == 1.0
         assert m["kl/rollout_vs_train"] < 1e-3  # fp32 both sides: the served weights are the trained ones
     assert (run_dir / "checkpoints" / f"step_{last:06d}" / "adapter" / "adapter_model.safetensors").exists()
 

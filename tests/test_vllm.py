@@ -7,6 +7,7 @@ from rlreason.config import AlgoConfig, LearnerConfig, ModelConfig
 from rlreason.learner.learner import Learner
 from rlreason.rollout.worker import RolloutWorker
 from rlreason.transfer import WeightsFolder
+from rlreason.weights_check import mismatches
 
 pytestmark = pytest.mark.integration
 
@@ -49,6 +50,52 @@ def tiny_moe(tmp_path_factory) -> str:
     return str(path)
 
 
+def check_a_corrupted_folder_is_caught(worker, learner, tmp_path):
+    """One element of one packed linear weight (layer 1's down projection) changed in the folder after the learner
+    wrote it: the fingerprint names layer 1, and only it. The correct folder is loaded again afterwards."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "corrupt"
+    learner.save_weights(str(folder))
+    (file,) = folder.glob("*.safetensors")
+    tensors = load_file(file)
+    name = next(k for k in tensors if "layers.1." in k and "down_proj" in k)
+    tensors[name][0, 0] += 0.5
+    save_file(tensors, file, metadata={"format": "pt"})
+    worker.load_weights(WeightsFolder(str(folder)), 2)
+    served = worker.served_weights()
+    bad = mismatches(learner.weights_fingerprint("layer", served["dtype"]), served["groups"])
+    assert len(bad) == 1 and bad[0].startswith("layer 1: sum"), bad
+    worker.load_weights(WeightsFolder(str(tmp_path / "sync")), 1)
+
+
+def check_the_collective_sync(worker, learner, batch, expected):
+    """rollout.weight_transport=collective into vLLM: the learner (rank 0, a thread here) broadcasts its weights in
+    small buckets, vLLM's worker process receives them and reloads in place; it then serves exactly the learner's
+    weights and scores as the learner does."""
+    import socket
+    import threading
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sent = {}
+    rank0 = threading.Thread(target=lambda: learner.join_weights_group("127.0.0.1", port, 2, 120))
+    rank0.start()
+    worker.join_weights_group("127.0.0.1", port, 1, 2, 120)
+    rank0.join(timeout=120)
+    rank0 = threading.Thread(target=lambda: sent.setdefault("bytes", learner.broadcast_weights(3, 0.05, checkpoint_layout=True)))
+    rank0.start()
+    assert worker.receive_weights(3, 0.05) == 3
+    rank0.join(timeout=120)
+    assert worker.received_bytes == sent["bytes"] > 0
+    served = worker.served_weights()
+    assert served["version"] == 3
+    assert mismatches(learner.weights_fingerprint("layer", served["dtype"]), served["groups"]) == []
+    mask = batch.response_mask.bool()
+    assert (worker.score_logprobs(batch) - expected)[mask].abs().max() < 10 * TOL
+
+
 @pytest.mark.parametrize("policy", ["tiny_dense", "tiny_moe"])
 def test_vllm_generates_and_syncs_in_place(policy, request, tmp_path):
     path = request.getfixturevalue(policy)
@@ -83,10 +130,17 @@ def test_vllm_generates_and_syncs_in_place(policy, request, tmp_path):
     synced = worker.score_logprobs(batch)
     assert (synced - after)[mask].abs().mean() < TOL
     assert (synced - after)[mask].abs().max() < 10 * TOL
+    # the sync check: what vLLM serves (its linear weights live only in packed handles on CPU) is what was sent
+    served = worker.served_weights()
+    assert served["grouping"] == "layer" and served["version"] == 1
+    assert mismatches(learner.weights_fingerprint("layer", served["dtype"]), served["groups"]) == []
+
+    check_a_corrupted_folder_is_caught(worker, learner, tmp_path)
+    check_the_collective_sync(worker, learner, batch, after)
 
     # sampling after the sync draws from the new weights
     batch2, _ = worker.generate(["2+2="], 0, 4, 16, 1.0, 1.0, seed=1)
-    assert batch2.weights_version == 1
+    assert batch2.weights_version == 3  # the collective sync's version
     lp2 = learner.score_logprobs(batch2)
     assert (lp2 - batch2.sampling_logprobs)[batch2.response_mask.bool()].abs().max() < TOL
 

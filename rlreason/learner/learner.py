@@ -211,22 +211,19 @@ class Learner:
         if self.rank == 0:
             self.weights_group = WeightsGroup(host, port, 0, world, timeout_s, str(self.device))
 
-    def broadcast_weights(self, version: int, bucket_mb: float) -> int | None:
-        """Send the sync payload of `version` to the weights group: its skeleton through the group's store,
-        its tensors by broadcast (a collective under ZeRO-3: call it on all ranks). Returns the bytes sent."""
-        import pickle
-
-        from rlreason.collective import slots, split
-
+    def broadcast_weights(self, version: int, bucket_mb: float, checkpoint_layout: bool = False) -> int | None:
+        """Send the sync payload of `version` to the weights group (a collective under ZeRO-3: call it on all
+        ranks). `checkpoint_layout`: for engines that load checkpoints (vLLM), the whole (merged) weights
+        under the checkpoint's names, as `save_weights` writes them, never LoRA adapters alone. Returns the
+        bytes sent (None on ranks other than 0)."""
         with self.strategy.full_params():
             if self.rank != 0:
                 return None
-            skeleton, tensors = split(self._sync_payload())
-            group = self.weights_group
-            group.store.set(f"skeleton/{version}", pickle.dumps(skeleton))
-            group.broadcast(slots(skeleton), tensors, bucket_mb)
-            group.store.delete_key(f"skeleton/{version}")  # every receiver read it before the broadcast could finish
-            return sum(t.numel() * t.element_size() for t in tensors)
+            if checkpoint_layout:
+                payload = self._with_tied_head(merged_state_dict(self.model) if self.lora else self.model.state_dict())
+            else:
+                payload = self._sync_payload()
+            return self.weights_group.send(version, payload, bucket_mb)
 
     @torch.no_grad()
     def score_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
@@ -443,15 +440,19 @@ class Learner:
         weights = self.get_weights()
         if weights is None:
             return directory
+        self._hf_model().save_pretrained(directory, state_dict=self._with_tied_head(weights))
+        return directory
+
+    def _with_tied_head(self, weights: dict) -> dict:
+        """`weights` plus `lm_head.weight` (the same tensor) when the output embedding is tied to the input one."""
         hf = self._hf_model()
         if getattr(hf.config, "tie_word_embeddings", False) and "lm_head.weight" not in weights:
             emb = hf.get_input_embeddings()
             name = next((n for n, m in hf.named_modules() if m is emb), None)
             key = f"{name.replace('.base_layer', '')}.weight" if name is not None else None
             if key in weights:
-                weights["lm_head.weight"] = weights[key]
-        hf.save_pretrained(directory, state_dict=weights)
-        return directory
+                weights = {**weights, "lm_head.weight": weights[key]}
+        return weights
 
     # -- checkpoints -------------------------------------------------------------------------
     def save(self, directory: str) -> None:

@@ -154,8 +154,9 @@ class RolloutFleet:
                             type(e).__name__)
                 return False
         bucket = self.cfg.collective_bucket_mb
-        refs = [*self.learners.submit("broadcast_weights", version, bucket), *[w.receive_weights.remote(version, bucket)
-                                                                              for w in self.workers]]
+        checkpoint_layout = self.weights_format == HF_FOLDER  # engines that load checkpoints get the whole (merged) weights
+        refs = [*self.learners.submit("broadcast_weights", version, bucket, checkpoint_layout),
+                *[w.receive_weights.remote(version, bucket) for w in self.workers]]
         try:
             ray.get(refs, timeout=self.cfg.sync_timeout_s)
         except (*DEAD, ray.exceptions.GetTimeoutError, ray.exceptions.RayTaskError) as e:

