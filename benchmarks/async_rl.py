@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/async_rl.py [--seeds 0,1,2] [--tokens 250000] [--arms "sync;async k=2"] [--out DIR] [-- extra overrides]
     .venv/bin/python benchmarks/async_rl.py --job smollm2 --tokens 20000 --seeds 0 --arms "sync;async k=1;async k=2 + partial"
     .venv/bin/python benchmarks/async_rl.py --simulate [--latency 0.02] [--workers 1,2,4] [--caps 16,64] [--steps 12]
+    .venv/bin/python benchmarks/async_rl.py --tabulate --out DIR [--arms ...] [--seeds ...]   (the table of kept runs)
 
 Each arm is `make run`'s job (recipe=tempo on the default task, the tiny MoE: 32 prompts x 8 samples, up
 to 32 tokens), or with `--job smollm2` `make run-smollm2`'s (GRPO, SmolLM2-135M-Instruct with LoRA on
@@ -11,8 +12,8 @@ until `rollout_token_budget` tokens, evaluated on the held-out split before and 
 from the job's samples). Every arm uses `algo.tis_mode=token`, so the
 only difference is when the samples were generated. The seeds run one after another, the arms alternating.
 Per run it keeps `metrics.jsonl` and `summary.json` under `--out`, and prints one table: steps and wall
-time of the training steps, steps per hour, learner and rollout utilisation, staleness, and held-out
-accuracy (mean over seeds, with the binomial std of one eval beside it).
+time of the training steps, steps per hour, learner and rollout utilisation, staleness, the share of
+samples continued across a weight update (partial rollouts), and held-out accuracy (mean over seeds, with the binomial std of one eval beside it).
 
 `--simulate`: engines on their own accelerators, simulated. Every decode step also sleeps `--latency`
 seconds (`rollout.simulated_step_latency_s`), which leaves the CPU to the learner as a separate device
@@ -44,6 +45,8 @@ ARMS = {
     "async k=2": ["trainer.mode=async", "trainer.max_staleness=2"],
     "async k=4": ["trainer.mode=async", "trainer.max_staleness=4"],
     "async k=2 + partial": ["trainer.mode=async", "trainer.max_staleness=2", "rollout.partial=true"],
+    "async k=1 + partial": ["trainer.mode=async", "trainer.max_staleness=1", "rollout.partial=true"],
+    "async k=4 + partial": ["trainer.mode=async", "trainer.max_staleness=4", "rollout.partial=true"],
 }
 JOBS = {
     "tiny": ["recipe=tempo"],
@@ -70,6 +73,7 @@ def summarise(run_dir: Path) -> dict:
         "learner_util": sum(m["timing/learner_s"] for m in train) / wall,
         "rollout_util": rollout_busy,
         "staleness": statistics.mean(m.get("async/staleness_mean", m["rollout/weights_lag"]) for m in train),
+        "partial_frac": statistics.mean(m.get("async/partial_frac", 0.0) for m in train),
         "greedy_before": summary["eval_accuracy_before_rl"],
         "greedy_after": summary["eval_accuracy_after_rl"],
         "pass1_after": after.get("accuracy/eval_sampled"),
@@ -82,6 +86,8 @@ SIM_ARMS = {
     "sync": [],
     "async k=2": ["trainer.mode=async", "trainer.max_staleness=2"],
     "async k=2 + partial": ["trainer.mode=async", "trainer.max_staleness=2", "rollout.partial=true"],
+    "async k=1 + partial": ["trainer.mode=async", "trainer.max_staleness=1", "rollout.partial=true"],
+    "async k=4 + partial": ["trainer.mode=async", "trainer.max_staleness=4", "rollout.partial=true"],
 }
 
 
@@ -123,30 +129,17 @@ def simulate(args) -> None:
                   f"{r['steps_per_hour']:,.0f} | {r['steps_per_hour'] / base:.2f} | {r['staleness']:.2f} | {r['interrupted']} |")
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--job", choices=tuple(JOBS), default="tiny")
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--tokens", type=int, default=250_000, help="rollout_token_budget of every run")
-    ap.add_argument("--arms", default="", help="';'-separated arm names (default: all)")
-    ap.add_argument("--out", default=None, help="keep each run's metrics.jsonl and summary.json here")
-    ap.add_argument("--simulate", action="store_true", help="the simulated-scale grid (see above)")
-    ap.add_argument("--latency", type=float, default=0.02, help="--simulate: seconds per decode step")
-    ap.add_argument("--workers", default="1,2,4", help="--simulate: rollout worker counts")
-    ap.add_argument("--caps", default="16,64", help="--simulate: rollout.max_new_tokens values")
-    ap.add_argument("--steps", type=int, default=12, help="--simulate: steps per run")
-    ap.add_argument("extra", nargs="*", help="overrides for every arm")
-    args = ap.parse_args()
-    if args.simulate:
-        simulate(args)
-        return 0
-    arms = {a: ARMS[a] for a in (args.arms.split(";") if args.arms else list(ARMS)[:5])}
-    seeds = [int(s) for s in args.seeds.split(",")]
+def run_name(arm: str, seed: int) -> str:
+    return f"{arm.replace(' ', '').replace('=', '')}-s{seed}"
+
+
+def run_arms(arms: dict, seeds: list[int], args) -> dict[str, list[dict]]:
+    """Every arm for every seed, the arms alternating within a seed; the summaries by arm."""
     rows: dict[str, list[dict]] = {arm: [] for arm in arms}
     with tempfile.TemporaryDirectory(prefix="rlr-async-rl-") as tmp:
         for seed in seeds:
             for arm, extra in arms.items():
-                name = f"{arm.replace(' ', '').replace('=', '')}-s{seed}"
+                name = run_name(arm, seed)
                 run_dir = Path(tmp) / name
                 cmd = [sys.executable, str(ROOT / "rlreason" / "run.py"), *JOBS[args.job], f"seed={seed}", "total_steps=1000",
                        f"rollout_token_budget={args.tokens}", "eval_every=0", "checkpoint_every=0", "algo.tis_mode=token",
@@ -165,10 +158,39 @@ def main() -> int:
                         shutil.copy(run_dir / f, keep / f)
                 print(f"seed {seed} {arm}: {rec['steps']} steps in {rec['wall_s']:.0f} s ({time.time() - t0:.0f} s with start-up "
                       f"and evals), greedy {rec['greedy_before']:.3f} -> {rec['greedy_after']:.3f}", flush=True)
+    return rows
+
+
+def kept(arms: dict, seeds: list[int], out: Path) -> dict[str, list[dict]]:
+    """The summaries of runs kept under `out` (--tabulate)."""
+    return {arm: [summarise(out / run_name(arm, seed)) for seed in seeds] for arm in arms}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--job", choices=tuple(JOBS), default="tiny")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--tokens", type=int, default=250_000, help="rollout_token_budget of every run")
+    ap.add_argument("--arms", default="", help="';'-separated arm names (default: the first five, without partial)")
+    ap.add_argument("--out", default=None, help="keep each run's metrics.jsonl and summary.json here")
+    ap.add_argument("--tabulate", action="store_true", help="print the table of the runs kept under --out; run nothing")
+    ap.add_argument("--simulate", action="store_true", help="the simulated-scale grid (see above)")
+    ap.add_argument("--latency", type=float, default=0.02, help="--simulate: seconds per decode step")
+    ap.add_argument("--workers", default="1,2,4", help="--simulate: rollout worker counts")
+    ap.add_argument("--caps", default="16,64", help="--simulate: rollout.max_new_tokens values")
+    ap.add_argument("--steps", type=int, default=12, help="--simulate: steps per run")
+    ap.add_argument("extra", nargs="*", help="overrides for every arm")
+    args = ap.parse_args()
+    if args.simulate:
+        simulate(args)
+        return 0
+    arms = {a: ARMS[a] for a in (args.arms.split(";") if args.arms else list(ARMS)[:5])}
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rows = kept(arms, seeds, Path(args.out)) if args.tabulate else run_arms(arms, seeds, args)
     base = statistics.mean(r["steps_per_hour"] for r in rows[next(iter(rows))])
     print(f"\n| arm | steps (mean) | rollout tokens | wall of the steps (s) | steps/hour | ratio | learner util | rollout util | "
-          f"staleness | greedy after (mean ± sd of {len(seeds)} seeds) | pass@1 after | eval binomial std |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          f"staleness | partial | greedy after (mean ± sd of {len(seeds)} seeds) | pass@1 after | eval binomial std |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for arm, recs in rows.items():
         def m(key, recs=recs):
             return statistics.mean(r[key] for r in recs)
@@ -178,8 +200,8 @@ def main() -> int:
 
         print(f"| {arm} | {m('steps'):.0f} | {m('tokens'):,.0f} | {m('wall_s'):.0f} | {m('steps_per_hour'):,.0f} | "
               f"{m('steps_per_hour') / base:.2f} | {m('learner_util'):.2f} | {m('rollout_util'):.2f} | {m('staleness'):.2f} | "
-              f"{m('greedy_after'):.3f} ± {sd('greedy_after'):.3f} | {m('pass1_after'):.3f} ± {sd('pass1_after'):.3f} | "
-              f"{m('std_greedy'):.3f} / {m('std_pass1'):.3f} |")
+              f"{m('partial_frac'):.2f} | {m('greedy_after'):.3f} ± {sd('greedy_after'):.3f} | "
+              f"{m('pass1_after'):.3f} ± {sd('pass1_after'):.3f} | {m('std_greedy'):.3f} / {m('std_pass1'):.3f} |")
     print(f"greedy before RL: {statistics.mean(r['greedy_before'] for recs in rows.values() for r in recs):.3f}")
     return 0
 
