@@ -105,9 +105,12 @@ class WeightsGroup:
     def send(self, version: int, payload, bucket_mb: float) -> int:
         """Rank 0: the payload of weights `version`, its skeleton through the store and its tensors by
         broadcast. Returns the bytes broadcast."""
+        return self.send_split(version, *split(payload), bucket_mb)
+
+    def send_split(self, version: int, skeleton, tensors: list[torch.Tensor], bucket_mb: float) -> int:
+        """`send` of a payload already split."""
         import pickle
 
-        skeleton, tensors = split(payload)
         self.store.set(f"skeleton/{version}", pickle.dumps(skeleton))
         self.broadcast(slots(skeleton), tensors, bucket_mb)
         self.store.delete_key(f"skeleton/{version}")  # every receiver read it before the broadcast could finish
@@ -140,3 +143,49 @@ class WeightsGroup:
             for i, part, shape in zip(bucket, flat.split(numels), shapes):
                 out[i] = part.view(shape)
         return out
+
+
+class BackgroundSender:
+    """trainer.mode=async: rank 0's broadcasts run on a thread of their own, in the order published, so the
+    learner trains on while each worker receives when it comes to it (after the generation it has in
+    flight). A payload is copied when published (training moves the originals); the last one is kept, for a
+    worker restarted before it could receive it (`kept`). After a failed broadcast the thread sends nothing
+    more: the driver has gone over to the object store (it learns of the failure from the receivers)."""
+
+    def __init__(self, group: WeightsGroup):
+        import queue
+        import threading
+
+        self.group = group
+        self.queue: queue.Queue = queue.Queue()
+        self.last: tuple | None = None  # (version, skeleton, tensors) of the last publish
+        self.failed: str | None = None
+        threading.Thread(target=self._run, name="weights-sender", daemon=True).start()
+
+    def publish(self, version: int, payload, bucket_mb: float) -> int:
+        """Copy `payload` and queue its broadcast as weights `version`; returns its bytes."""
+        skeleton, tensors = split(payload)
+        tensors = [t.clone() for t in tensors]
+        self.last = (version, skeleton, tensors)
+        self.queue.put((version, skeleton, tensors, bucket_mb))
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def kept(self, version: int):
+        """The payload published last, which must be `version`."""
+        if self.last is None or self.last[0] != version:
+            raise RuntimeError(f"weights version {version} is not the last published "
+                               f"({None if self.last is None else self.last[0]}); its copy is gone")
+        return join(self.last[1], self.last[2])
+
+    def _run(self) -> None:
+        import logging
+
+        while True:
+            version, skeleton, tensors, bucket_mb = self.queue.get()
+            if self.failed is not None:
+                continue
+            try:
+                self.group.send_split(version, skeleton, tensors, bucket_mb)
+            except Exception as e:  # a receiver died or timed out: every later broadcast would fail too
+                self.failed = f"version {version}: {type(e).__name__}: {e}"
+                logging.getLogger(__name__).warning("the broadcast of weights %s failed; sending no more", self.failed)

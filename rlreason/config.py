@@ -350,7 +350,7 @@ class RolloutConfig:
     # continue under the new weights from their tokens so far, each token stamped with its version (docs/async.md)
     partial: bool = False
     # how synced weights travel: object_store (Ray's shared memory; an HF folder for vLLM) | collective (a gloo/NCCL
-    # group of the learner and the workers, broadcast in buckets; hf and vllm, trainer.mode=sync; docs/scaling.md)
+    # group of the learner and the workers, broadcast in buckets; hf and vllm, sync and async; docs/scaling.md)
     weight_transport: str = "object_store"
     collective_bucket_mb: float = 256.0  # collective: tensors of one dtype packed into broadcasts of at most this size
     # benchmarks: every decode step of a generation call also sleeps this long (s), standing for an engine on its own
@@ -375,9 +375,6 @@ class RolloutConfig:
         _positive("rollout.simulated_step_latency_s", self.simulated_step_latency_s, allow_zero=True)
         _choice("rollout.weight_transport", self.weight_transport, ("object_store", "collective"))
         _positive("rollout.collective_bucket_mb", self.collective_bucket_mb)
-        if self.weight_transport == "collective" and cfg.trainer.mode == "async":
-            raise ConfigError("rollout.weight_transport=collective is built for trainer.mode=sync so far (an async publish "
-                              "must not wait for every worker); use rollout.weight_transport=object_store with async")
         if self.partial and cfg.trainer.mode != "async":
             raise ConfigError("rollout.partial=true interrupts generations at a weight update, which only happens "
                               "mid-generation under trainer.mode=async; add trainer.mode=async")

@@ -162,6 +162,74 @@ def test_async_trains_within_the_bound_and_a_killed_worker_loses_and_duplicates_
     assert steps[2]["async/staleness_max"] >= 1
 
 
+@pytest.mark.integration
+def test_async_publishes_by_broadcast_serve_what_the_object_store_serves(ray_local, tmp_path):
+    """max_staleness=0, 2 workers: the same run with every publish broadcast in the background
+    (rollout.weight_transport=collective) and through the object store is the same run, bit for bit, and
+    each broadcast version passes the sync check."""
+    seen = {}
+    runs = {t: _run(tmp_path / t, ["trainer.mode=async", "trainer.max_staleness=0", "rollout.num_workers=2",
+                                   f"rollout.weight_transport={t}", "rollout.collective_bucket_mb=0.05"],
+                    hook=lambda trainer, t=t: seen.setdefault(t, trainer))
+            for t in ("object_store", "collective")}
+    (a_steps, a_batches, a_w, _), (b_steps, b_batches, b_w, _) = runs["object_store"], runs["collective"]
+    assert seen["collective"].fleet.published_async == 4 and seen["collective"].fleet.group_ok  # every publish broadcast
+    for a, b in zip(a_batches, b_batches):
+        assert torch.equal(a.response_ids, b.response_ids) and torch.equal(a.sampling_logprobs, b.sampling_logprobs)
+    for s in range(1, 5):
+        for key in ("curriculum/batch_digest", "reward/mean", "loss/policy", "grad_norm"):
+            assert a_steps[s][key] == b_steps[s][key], (s, key)
+        assert b_steps[s]["faults/rollout_recoveries"] == 0
+    assert all(m["sync/fingerprint_ok"] == 1.0 for m in b_steps.values() if "sync/fingerprint_ok" in m)
+    assert all(torch.equal(a_w[k], b_w[k]) for k in a_w)
+
+
+@pytest.mark.integration
+def test_async_broadcast_with_a_killed_worker_goes_over_to_the_object_store(ray_local, tmp_path):
+    """max_staleness=2 with partial rollouts and broadcast publishes, 2 workers; worker 0 is SIGKILLed right
+    after version 2 is published, before it receives it. The broadcast fails, that version and every later
+    one go through the object store (version 2 from the learner's kept copy: it has trained on since), and
+    every step still trains on exactly its prompts, within the bound, each load checked."""
+    import ray
+
+    from rlreason.data.sampler import PromptSampler, indices_digest
+
+    seen = {}
+
+    def kill_after_publish_2(trainer):
+        seen["trainer"] = trainer
+        make = trainer._async_rollouts
+        pid = ray.get(trainer.fleet.workers[0].pid.remote())
+
+        def wrapped():
+            rollouts = make()
+            publish = rollouts.publish
+
+            def publish_then_kill(version):
+                publish(version)
+                if version == 2:
+                    os.kill(pid, signal.SIGKILL)
+
+            rollouts.publish = publish_then_kill
+            return rollouts
+
+        trainer._async_rollouts = wrapped
+
+    steps, batches, _, n_train = _run(tmp_path, ["trainer.mode=async", "trainer.max_staleness=2", "total_steps=5",
+                                                 "rollout.partial=true", "rollout.num_workers=2", "rollout.sync_timeout_s=60",
+                                                 "rollout.weight_transport=collective", "rollout.simulated_step_latency_s=0.02"],
+                                      hook=kill_after_publish_2)
+    fleet = seen["trainer"].fleet
+    assert sorted(steps) == [1, 2, 3, 4, 5] and steps[5]["faults/rollout_recoveries"] >= 1
+    assert fleet.published_async == 2 and not fleet.group_ok  # 1 and 2 were broadcast, then the object store
+    assert all(m["sync/fingerprint_ok"] == 1.0 for m in steps.values() if "sync/fingerprint_ok" in m)
+    sampler = PromptSampler(n_train, 4, seed=0)
+    for s, batch in enumerate(batches, start=1):
+        assert steps[s]["curriculum/batch_digest"] == indices_digest(sampler.next_batch()), s
+        assert torch.bincount(batch.group_index).tolist() == [4] * 4
+        assert int(sample_staleness(batch.versions, s - 1).max()) <= 2
+
+
 # -- partial rollouts ---------------------------------------------------------------------------------
 
 

@@ -191,17 +191,10 @@ class Learner:
         collective under ZeRO-3: call it on all ranks): `[ref]` on rank 0, None elsewhere. The driver
         passes the ref on to the rollout workers without fetching it (`rlreason/transfer.py`). With LoRA
         and `model.lora.sync=adapter`, only the adapters (an `AdapterUpdate`): the engine merges them."""
-        import ray
-
-        from rlreason.transfer import AdapterUpdate, to_transport
-
         with self.strategy.full_params():
             if self.rank != 0:
                 return None
-            payload = self._sync_payload()
-            if isinstance(payload, AdapterUpdate):
-                return [ray.put(payload.to_transport())]
-            return [ray.put(to_transport(payload))]  # copied into the store here, inside the gather
+            return [_put(self._sync_payload())]  # copied into the store here, inside the gather
 
     def join_weights_group(self, host: str, port: int, world: int, timeout_s: float) -> None:
         """rollout.weight_transport=collective: rank 0 hosts and joins the weights group (`rlreason/collective.py`)
@@ -210,6 +203,7 @@ class Learner:
 
         if self.rank == 0:
             self.weights_group = WeightsGroup(host, port, 0, world, timeout_s, str(self.device))
+            self.sender = None  # async publishes of this group (`publish_weights`)
 
     def broadcast_weights(self, version: int, bucket_mb: float, checkpoint_layout: bool = False) -> int | None:
         """Send the sync payload of `version` to the weights group (a collective under ZeRO-3: call it on all
@@ -219,11 +213,39 @@ class Learner:
         with self.strategy.full_params():
             if self.rank != 0:
                 return None
-            if checkpoint_layout:
-                payload = self._with_tied_head(merged_state_dict(self.model) if self.lora else self.model.state_dict())
-            else:
-                payload = self._sync_payload()
+            payload = self._checkpoint_weights() if checkpoint_layout else self._sync_payload()
             return self.weights_group.send(version, payload, bucket_mb)
+
+    def publish_weights(self, version: int, bucket_mb: float, checkpoint_layout: bool = False) -> int | None:
+        """trainer.mode=async with the collective transport: `broadcast_weights` without waiting. The payload is
+        copied now and broadcast by a background thread (`collective.BackgroundSender`) while the learner trains
+        on; each worker receives it after its generation in flight. Returns the bytes (None off rank 0)."""
+        from rlreason.collective import BackgroundSender
+
+        with self.strategy.full_params():
+            if self.rank != 0:
+                return None
+            if self.sender is None:
+                self.sender = BackgroundSender(self.weights_group)
+            return self.sender.publish(version, self._checkpoint_weights() if checkpoint_layout else self._sync_payload(),
+                                       bucket_mb)
+
+    def export_published(self, version: int, directory: str | None = None):
+        """The copy published last (`publish_weights`), which must be `version`, as the object store carries it:
+        `[ref]`, or written to `directory` as an HF folder (engines that reload checkpoints). For a worker
+        restarted before it received that broadcast; the learner may have trained on since."""
+        if self.rank != 0:
+            return None
+        payload = self.sender.kept(version)
+        if directory is not None:
+            self._hf_model().save_pretrained(directory, state_dict=payload)
+            return directory
+        return [_put(payload)]
+
+    def _checkpoint_weights(self) -> dict:
+        """(Inside `full_params`, rank 0.) The (merged) weights under the checkpoint's names, as engines that
+        reload checkpoints read them."""
+        return self._with_tied_head(merged_state_dict(self.model) if self.lora else self.model.state_dict())
 
     @torch.no_grad()
     def score_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
@@ -499,6 +521,15 @@ class Learner:
             self.moe.load_state_dict(extra.get("moe", {}))
             self.moe.forget_probe()
         return self.version
+
+
+def _put(payload):
+    """A sync payload (state dict or `AdapterUpdate`) put into Ray's object store, in transport form: its ref."""
+    import ray
+
+    from rlreason.transfer import AdapterUpdate, to_transport
+
+    return ray.put(payload.to_transport() if isinstance(payload, AdapterUpdate) else to_transport(payload))
 
 
 def disk_error(directory: Path, e: Exception) -> Exception:

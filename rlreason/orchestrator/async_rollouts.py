@@ -13,6 +13,12 @@ it trains on), every worker's load is queued, and the loads are checked against 
 they complete. A worker that dies, or answers with weights older than it was given (Ray restarted
 it), is brought to the published weights again and its shard generated again with the same seed;
 a shard is accepted once, so a fault neither loses a sample nor duplicates one.
+
+With rollout.weight_transport=collective the learner copies the weights and broadcasts the copy from a
+thread of its own, and each worker receives it in place of the load. A broadcast completes only when
+every worker has come to it, so there a worker does wait for the slowest worker's shard at each
+publish (rollout.partial cuts that wait to one token). A failed broadcast (a worker died or timed out)
+sends that version, and every later one, through the object store.
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ class Load:
     refs: list  # [load_weights] or [load_weights, served_weights]
     ready_since: float | None = None  # when the worker had nothing before it (the sync timeout counts from here)
     answers: dict = field(default_factory=dict)  # position in refs -> its answer
+    broadcast: bool = False  # received by broadcast: it completes only once every worker has come to it
 
 
 class AsyncRollouts:
@@ -115,7 +122,13 @@ class AsyncRollouts:
         """The learner has finished the update to `version`: export it and queue its load on every
         worker, behind at most the shard each is generating; the gate then admits one step more."""
         fleet = self.fleet
-        payload = fleet.export(version)
+        broadcast = fleet.publish_async(version)
+        if broadcast:  # each worker receives after its shard in flight
+            bucket = fleet.cfg.collective_bucket_mb
+            start_load = lambda w: w.receive_weights.remote(version, bucket)  # noqa: E731
+        else:
+            payload = fleet.export(version)
+            start_load = lambda w: w.load_weights.remote(payload, version)  # noqa: E731
         if self.layout is not None:
             fleet.expect(version, *self.layout)  # fingerprinted now, before the learner trains on
         now = time.perf_counter()
@@ -124,10 +137,10 @@ class AsyncRollouts:
             for k in busy:
                 fleet.workers[k].interrupt.options(concurrency_group="control").remote(version)
         for k, w in enumerate(fleet.workers):
-            refs = [w.load_weights.remote(payload, version)]
+            refs = [start_load(w)]
             if self.layout is not None:
                 refs.append(w.served_weights.remote())
-            load = Load(k, version, refs, ready_since=None if k in busy else now)
+            load = Load(k, version, refs, ready_since=None if k in busy else now, broadcast=broadcast)
             for ref in refs:
                 self.loads[ref] = load
         self.published = fleet.weights_version = version
@@ -244,7 +257,12 @@ class AsyncRollouts:
         load = self.loads.pop(ref)
         try:
             load.answers[load.refs.index(ref)] = ray.get(ref)
-        except DEAD:
+        except (*DEAD, ray.exceptions.RayTaskError) as e:
+            if not isinstance(e, DEAD):  # a failed broadcast (a peer died or timed out); anything else is a bug
+                if self.fleet.published_async is None:
+                    raise
+                log.warning("rollout worker %d could not receive weights version %d by broadcast (%s); loading through "
+                            "the object store from now on", load.worker, load.version, type(e).__name__)
             for other in [r for r, ld in self.loads.items() if ld is load]:
                 del self.loads[other]
             self._recover()
@@ -270,6 +288,7 @@ class AsyncRollouts:
         """Wait for Ray to restart dead workers; give every worker behind the published version its
         weights again (the very payload published, `RolloutFleet.export`) and check them."""
         fleet = self.fleet
+        fleet.group_ok = False  # under async the group is not formed again: publishes go through the object store
         versions = fleet._versions()
         stale = [w for w, v in zip(fleet.workers, versions) if v != self.published]
         fleet.restarts += bool(stale)
@@ -284,15 +303,22 @@ class AsyncRollouts:
 
     def _load_deadline(self) -> float | None:
         """Seconds until the oldest started load passes rollout.sync_timeout_s (None: no load started)."""
-        started = [ld.ready_since for ld in self.loads.values() if ld.ready_since is not None]
+        started = [t for t in map(self._started, self.loads.values()) if t is not None]
         if not started:
             return None
         return max(0.0, min(started) + self.fleet.cfg.sync_timeout_s - time.perf_counter())
 
+    def _started(self, load: Load) -> float | None:
+        """When `load` could start: its worker had nothing before it, and for a broadcast every worker had."""
+        if not load.broadcast:
+            return load.ready_since
+        peers = [ld.ready_since for ld in self.loads.values() if ld.version == load.version]
+        return None if None in peers else max(peers)
+
     def _restart_hung_loads(self) -> None:
         timeout = self.fleet.cfg.sync_timeout_s
         hung = sorted({ld.worker for ld in self.loads.values()
-                       if ld.ready_since is not None and time.perf_counter() - ld.ready_since >= timeout})
+                       if self._started(ld) is not None and time.perf_counter() - self._started(ld) >= timeout})
         if not hung:
             return
         self.hung_restarts += 1

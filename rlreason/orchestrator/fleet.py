@@ -72,6 +72,7 @@ class RolloutFleet:
         self._peak_refs = None  # peak_memory(wait=False): the question asked last
         self.group_ok = False  # rollout.weight_transport=collective: every worker is in the learner's weights group
         self._expected: dict = {}  # (version, grouping, dtype) -> futures of the learner's fingerprint of that export
+        self.published_async: int | None = None  # trainer.mode=async: the version last published by broadcast
         ray.get([w.ping.remote() for w in self.workers])
         if r.weight_transport == "collective":
             self.join_group()
@@ -114,7 +115,12 @@ class RolloutFleet:
         restarted later gets the very same weights even if the learner has trained on since (async)."""
         if self._exported is not None and self._exported[0] == version and self._exported[1] is not None:
             return self._exported[1]
-        if self.weights_format == HF_FOLDER:
+        if self.published_async == version:  # broadcast under async: from the learner's copy (it has trained on since)
+            if self.weights_format == HF_FOLDER:
+                payload = WeightsFolder(self.learners.call("export_published", version, f"{self.sync_dir}/v{version}"))
+            else:
+                (payload,) = self.learners.call("export_published", version)
+        elif self.weights_format == HF_FOLDER:
             payload = WeightsFolder(self.learners.call("save_weights", f"{self.sync_dir}/v{version}"))
         else:
             (payload,) = self.learners.call("put_weights")
@@ -168,11 +174,24 @@ class RolloutFleet:
         self._exported = (version, None)
         return True
 
+    def publish_async(self, version: int) -> bool:
+        """trainer.mode=async, rollout.weight_transport=collective: the learner copies `version` and broadcasts it
+        in the background (`Learner.publish_weights`); the caller queues each worker's `receive_weights`. False
+        when the group is broken (a worker died or a broadcast failed): the caller then loads through the object
+        store, as for the rest of the run (forming the group again would wait for every worker's generation)."""
+        if self.cfg.weight_transport != "collective" or not self.group_ok:
+            return False
+        self.learners.submit("publish_weights", version, self.cfg.collective_bucket_mb, self.weights_format == HF_FOLDER)
+        self.published_async = version
+        self._exported = (version, None)
+        return True
+
     def sync(self, version: int, workers: list | None = None) -> None:
         """Give `workers` (default: all) the learner's weights labelled `version`; block until they serve them.
         Under rollout.weight_transport=collective a sync to every worker goes by broadcast."""
         workers = self.workers if workers is None else workers
-        if self.cfg.weight_transport == "collective" and len(workers) == len(self.workers) and self.broadcast(version):
+        if (self.cfg.weight_transport == "collective" and len(workers) == len(self.workers) and self.published_async is None
+                and self.broadcast(version)):  # under async only `publish_async` broadcasts (the learner trains meanwhile)
             self._finish_sync(version, workers)
             return
         payload = self.export(version)
