@@ -84,11 +84,17 @@ class AsyncRollouts:
         self.interrupted = 0  # shards a weight update interrupted (rollout.partial), this step
         self.resumed_tokens = 0  # the tokens they had generated, kept and continued, this step
         self.layout = None  # (grouping, dtype) of the engines' fingerprints
+        fleet.async_mode = True
+        # the weights served now, and their fingerprint, kept for a worker restarted before the first publish
+        # (the learner is training by then)
+        fleet.export(version)
         if check_sync:
             first = ray.get(fleet.workers[0].served_weights.remote(), timeout=fleet.cfg.sync_timeout_s)
             self.layout = None if first is None else (first["grouping"], first["dtype"])
             if first is None:
                 fleet.check_served(version, fleet.workers[:1], served=[None])  # says once that syncs go unchecked
+            else:
+                fleet.expect(version, *self.layout)
 
     # -- the learner's side ------------------------------------------------------------------------
     def round(self, step: int, rnd: int):

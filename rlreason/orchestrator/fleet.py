@@ -72,6 +72,7 @@ class RolloutFleet:
         self._peak_refs = None  # peak_memory(wait=False): the question asked last
         self.group_ok = False  # rollout.weight_transport=collective: every worker is in the learner's weights group
         self._expected: dict = {}  # (version, grouping, dtype) -> futures of the learner's fingerprint of that export
+        self.async_mode = False  # trainer.mode=async (AsyncRollouts): syncs of restarted workers only, never by broadcast
         self.published_async: int | None = None  # trainer.mode=async: the version last published by broadcast
         ray.get([w.ping.remote() for w in self.workers])
         if r.weight_transport == "collective":
@@ -190,7 +191,7 @@ class RolloutFleet:
         """Give `workers` (default: all) the learner's weights labelled `version`; block until they serve them.
         Under rollout.weight_transport=collective a sync to every worker goes by broadcast."""
         workers = self.workers if workers is None else workers
-        if (self.cfg.weight_transport == "collective" and len(workers) == len(self.workers) and self.published_async is None
+        if (self.cfg.weight_transport == "collective" and len(workers) == len(self.workers) and not self.async_mode
                 and self.broadcast(version)):  # under async only `publish_async` broadcasts (the learner trains meanwhile)
             self._finish_sync(version, workers)
             return

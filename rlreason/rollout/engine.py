@@ -48,6 +48,13 @@ class Engine(Protocol):
                      stop=None) -> tuple[RolloutBatch, list[str]]:
         """One response to each left-padded row of token ids (a prompt and a response so far)."""
 
+    # Optional, for rollout.weight_transport=collective with an engine whose weights live in another process
+    # (vLLM): it joins the learner's weights group there (`rlreason/collective.py`) and receives each broadcast
+    # there, returning the bytes received. Without them the worker receives and calls `load_weights`.
+    def join_weights_group(self, host: str, port: int, rank: int, world: int, timeout_s: float) -> None: ...
+
+    def receive_weights(self, version: int, bucket_mb: float) -> int: ...
+
     def load_weights(self, weights: Any) -> None:
         """Replace the policy's weights at once with what `rlreason.transfer.unpack` gives."""
 
