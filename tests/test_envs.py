@@ -1,0 +1,77 @@
+"""Multi-turn building blocks by hand: the token-exact trajectory, tool-call parsing, the calculator."""
+
+import pytest
+
+from rlreason.envs.calculator import CalculatorError, calculate
+from rlreason.envs.tool_calls import code_fence_calls, hermes_calls
+from rlreason.envs.trajectory import Segment, Trajectory
+
+
+def test_a_trajectory_flattens_to_the_sampled_ids_with_gradient_on_generated_tokens_only():
+    t = Trajectory([1, 2, 3])
+    t.append(Segment("gen", [10, 11], turn=0, logprobs=[-0.5, -0.25], versions=[4, 4]))
+    t.append(Segment("obs", [20, 21, 22], turn=0))
+    t.append(Segment("bridge", [30], turn=1))
+    t.check_fed([1, 2, 3, 10, 11, 20, 21, 22, 30])  # what turn 2 is fed: exactly the trajectory so far
+    t.append(Segment("gen", [12], turn=1, logprobs=[-1.0], versions=[5]))
+    flat = t.flatten()
+    assert flat["response_ids"] == [10, 11, 20, 21, 22, 30, 12]
+    assert flat["loss_mask"] == [1, 1, 0, 0, 0, 0, 1]
+    assert flat["logprobs"] == [-0.5, -0.25, 0.0, 0.0, 0.0, 0.0, -1.0]
+    assert flat["versions"] == [4, 4, -1, -1, -1, -1, 5]
+    assert flat["kinds"] == ["gen", "gen", "obs", "obs", "obs", "bridge", "gen"]
+    assert t.length == 10 and t.turns == 2
+
+
+def test_a_re_tokenised_prefix_is_caught_and_malformed_segments_refused():
+    t = Trajectory([1, 2])
+    t.append(Segment("gen", [7, 8], turn=0, logprobs=[0.0, 0.0], versions=[0, 0]))
+    with pytest.raises(AssertionError, match="position 2"):
+        t.check_fed([1, 2, 78])  # "7" "8" merged into one token by a second tokenisation
+    with pytest.raises(AssertionError):
+        t.check_fed([1, 2, 7])
+    with pytest.raises(ValueError, match="one log-prob and one version per token"):
+        Segment("gen", [1, 2], turn=0, logprobs=[0.0], versions=[0, 0])
+    with pytest.raises(ValueError, match="no log-probs"):
+        Segment("obs", [1], turn=0, logprobs=[0.0])
+    with pytest.raises(ValueError, match="kind"):
+        Segment("tool", [1], turn=0)
+
+
+def test_hermes_calls_are_parsed_in_order_and_malformed_ones_become_errors():
+    text = ('I will compute. <tool_call>{"name": "calculator", "arguments": {"expression": "3*7"}}</tool_call> and '
+            '<tool_call>{"name": "python", "arguments": "{\\"code\\": \\"print(1)\\"}"}</tool_call>'
+            '<tool_call>{"name": "calculator", "arguments": {"expression": </tool_call>'
+            '<tool_call>["calculator"]</tool_call><tool_call>{"name": "x", "arguments": 5}</tool_call>'
+            '<tool_call>{"name": "calculator", "arguments": {"expression": "1+1"}}')  # unclosed at the end of the turn
+    calls = hermes_calls(text)
+    assert [(c.name, c.arguments, c.error is None) for c in calls[:2]] == [
+        ("calculator", {"expression": "3*7"}, True), ("python", {"code": "print(1)"}, True)]
+    assert "not valid JSON" in calls[2].error and '"name"' in calls[3].error and '"arguments"' in calls[4].error
+    assert calls[5].name == "calculator" and calls[5].arguments == {"expression": "1+1"} and calls[5].error is None
+    assert hermes_calls("no calls here") == []
+
+
+def test_the_last_python_block_is_the_code_fence_call():
+    text = "Try:\n```python\nprint(1)\n```\nBetter:\n```py\nx = 6 * 7\nprint(x)\n```\nand ```python\nunclosed"
+    (call,) = code_fence_calls(text)
+    assert call.name == "python" and call.arguments == {"code": "x = 6 * 7\nprint(x)\n"}
+    assert code_fence_calls("```\nprint(1)\n```") == []  # an unlabelled block is prose, not a call
+
+
+@pytest.mark.parametrize("expr, value", [
+    ("3*7", "21"), ("1/3*3", "1"), ("2^10", "1024"), ("-(4 - 10) / 4", "1.5"), ("7/3", "7/3"), ("0.1 + 0.2", "0.3"),
+    ("17 // 5 + 17 % 5", "5"), ("2 ** -2", "0.25"), ("(1/8) - 1", "-0.875"),
+])
+def test_the_calculator_is_exact(expr, value):
+    assert calculate(expr) == value
+
+
+@pytest.mark.parametrize("expr, why", [
+    ("9**9**9", "exponent"), ("10**64 ** 2", "exponent"), ("((10**60)**60)**60", "too large"), ("1/0", "division by zero"),
+    ("__import__('os')", "unsupported"), ("x + 1", "unsupported"), ("2 ** 0.5", "whole-number"), ("3 +", "not an arithmetic"),
+    ("", "empty"), ("1+" * 300 + "1", "longer than"), ("True + 1", "unsupported"),
+])
+def test_the_calculator_refuses_what_it_should(expr, why):
+    with pytest.raises(CalculatorError, match=why):
+        calculate(expr)
