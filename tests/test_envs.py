@@ -75,3 +75,40 @@ def test_the_calculator_is_exact(expr, value):
 def test_the_calculator_refuses_what_it_should(expr, why):
     with pytest.raises(CalculatorError, match=why):
         calculate(expr)
+
+
+def test_observation_ids_are_what_the_template_puts_between_two_model_turns():
+    """SmolLM2's ChatML template: the ids after the model's <|im_end|> are the separator, the tool message and
+    the next assistant header; a model turn + these ids + the next turn decode to the template's own rendering."""
+    from rlreason.assets import smollm2_folder
+    from rlreason.envs.render import ObservationRenderer
+    from rlreason.policy import load_tokenizer
+
+    tok = load_tokenizer(smollm2_folder())
+    obs = ObservationRenderer(tok).ids(["42", "error: division by zero"])
+    assert tok.decode(obs) == ("\n<|im_start|>tool\n42<|im_end|>\n<|im_start|>tool\nerror: division by zero<|im_end|>\n"
+                               "<|im_start|>assistant\n")
+    messages = [{"role": "user", "content": "What is 6*7?"}]
+    prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    turn1 = tok("<tool_call>{}</tool_call><|im_end|>", add_special_tokens=False).input_ids  # as sampled, ending on EOS
+    after = [{"role": "assistant", "content": "<tool_call>{}</tool_call>"}, {"role": "tool", "content": "42"},
+             {"role": "tool", "content": "error: division by zero"}]
+    rendered = tok.apply_chat_template(messages + after, tokenize=False, add_generation_prompt=True)
+    assert tok.decode(tok(prompt, add_special_tokens=False).input_ids + turn1 + obs) == rendered
+
+
+def test_a_template_that_re_renders_earlier_turns_is_refused_and_no_template_means_plain_text():
+    from rlreason.assets import smollm2_folder
+    from rlreason.data.tokenizer import build_char_tokenizer
+    from rlreason.envs.render import ObservationRenderer, PrefixBreak
+    from rlreason.policy import load_tokenizer
+
+    tok = load_tokenizer(smollm2_folder())
+    # keeps only the last assistant turn's content, as reasoning templates drop earlier thinking
+    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'assistant' and not loop.last %}"
+                         "{% else %}{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    with pytest.raises(PrefixBreak):
+        ObservationRenderer(tok)
+    char = build_char_tokenizer()
+    assert ObservationRenderer(char).ids(["=42"]) == char("=42", add_special_tokens=False).input_ids
