@@ -112,3 +112,32 @@ def test_a_template_that_re_renders_earlier_turns_is_refused_and_no_template_mea
         ObservationRenderer(tok)
     char = build_char_tokenizer()
     assert ObservationRenderer(char).ids(["=42"]) == char("=42", add_special_tokens=False).input_ids
+
+
+def test_single_turn_is_one_turn_and_the_calculator_env_answers_each_call_or_says_why_not():
+    import time
+
+    from rlreason.envs.base import ENVS, ToolEnv, Turn
+
+    single = ENVS.get("single_turn")()
+    assert single.max_turns == 1 and single.step(Turn("The answer is 4.", [1], "stop", 0)).done
+
+    env = ENVS.get("calculator")(max_turns=3)
+    env.reset({"prompt": "6*7?"})
+    turn = Turn('<tool_call>{"name": "calculator", "arguments": {"expression": "6*7"}}</tool_call>'
+                '<tool_call>{"name": "calculator", "arguments": {"expression": "1/0"}}</tool_call>'
+                '<tool_call>{"name": "search", "arguments": {}}</tool_call><tool_call>{oops}</tool_call>', [1], "stop", 0)
+    result = env.step(turn)
+    assert result.observations[0] == "42" and result.observations[1] == "error: division by zero"
+    assert result.observations[2].startswith("error: no tool named 'search'") and "not valid JSON" in result.observations[3]
+    assert not result.done and result.info["tool_calls"] == 4 and result.info["tool_errors"] == 3
+    assert env.step(Turn("So 42.", [1], "stop", 1)).done  # no call: the episode ends
+    assert env.step(Turn(turn.text, [1], "length", 1)).done  # cut by the token budget: its calls are not run
+    assert env.step(Turn(turn.text, [1], "stop", 2)).done  # the last allowed turn
+
+    slow = ToolEnv({"sleep": lambda a: time.sleep(a["s"]) or "woke", "echo": lambda a: "x" * a["n"]}, timeout_s=0.2,
+                   max_output_chars=50)
+    r = slow.step(Turn('<tool_call>{"name": "sleep", "arguments": {"s": 2}}</tool_call>'
+                       '<tool_call>{"name": "echo", "arguments": {"n": 80}}</tool_call>', [1], "stop", 0))
+    assert r.observations[0] == "error: sleep did not answer within 0.2 s" and r.info["tool_timeouts"] == 1
+    assert r.observations[1] == "x" * 25 + "\n... [30 characters elided] ...\n" + "x" * 25 and r.info["tool_s"] < 1.5
