@@ -49,9 +49,14 @@ def fingerprint(named: Iterable[tuple[str, torch.Tensor]], group: Callable[[str]
                 dtype: torch.dtype | None = None) -> Fingerprint:
     """Moments per group of the (name, tensor) pairs. Every pair counts, tied ones too: both sides list
     the same names (a state dict names a tied embedding twice on the learner and in the HF engine)."""
+    return summed(((name, tensor_moments(t, dtype)) for name, t in named), group)
+
+
+def summed(named_moments: Iterable[tuple[str, tuple[float, float, float]]],
+           group: Callable[[str], str] = lambda name: name) -> Fingerprint:
+    """Moments already taken, (name, moments) pairs, added up per group."""
     out: dict[str, list[float]] = {}
-    for name, t in named:
-        m = tensor_moments(t, dtype)
+    for name, m in named_moments:
         acc = out.setdefault(group(name), [0.0, 0.0, 0.0])
         for i in range(3):
             acc[i] += m[i]

@@ -213,8 +213,7 @@ class Learner:
         with self.strategy.full_params():
             if self.rank != 0:
                 return None
-            payload = self._checkpoint_weights() if checkpoint_layout else self._sync_payload()
-            return self.weights_group.send(version, payload, bucket_mb)
+            return self.weights_group.send(version, self._broadcast_payload(checkpoint_layout), bucket_mb)
 
     def publish_weights(self, version: int, bucket_mb: float, checkpoint_layout: bool = False) -> int | None:
         """trainer.mode=async with the collective transport: `broadcast_weights` without waiting. The payload is
@@ -227,8 +226,7 @@ class Learner:
                 return None
             if self.sender is None:
                 self.sender = BackgroundSender(self.weights_group)
-            return self.sender.publish(version, self._checkpoint_weights() if checkpoint_layout else self._sync_payload(),
-                                       bucket_mb)
+            return self.sender.publish(version, self._broadcast_payload(checkpoint_layout), bucket_mb)
 
     def export_published(self, version: int, directory: str | None = None):
         """The copy published last (`publish_weights`), which must be `version`, as the object store carries it:
@@ -242,9 +240,11 @@ class Learner:
             return directory
         return [_put(payload)]
 
-    def _checkpoint_weights(self) -> dict:
-        """(Inside `full_params`, rank 0.) The (merged) weights under the checkpoint's names, as engines that
-        reload checkpoints read them."""
+    def _broadcast_payload(self, checkpoint_layout: bool):
+        """(Inside `full_params`, rank 0.) `_sync_payload`, or for engines that reload checkpoints the (merged)
+        weights under the checkpoint's names, as they read them."""
+        if not checkpoint_layout:
+            return self._sync_payload()
         return self._with_tied_head(merged_state_dict(self.model) if self.lora else self.model.state_dict())
 
     @torch.no_grad()

@@ -30,7 +30,7 @@ import contextlib
 
 import torch
 
-from rlreason.weights_check import Fingerprint, layer_of, tensor_moments
+from rlreason.weights_check import Fingerprint, layer_of, summed, tensor_moments
 
 
 def _cpu_moe_methods(model: torch.nn.Module) -> list:
@@ -77,15 +77,13 @@ def served_fingerprint(model: torch.nn.Module, before: dict) -> Fingerprint:
     packing its moments before processing. Modules are counted once (vLLM's MoE block also holds its router
     gate), parameters once per module holding them (a tied output embedding twice, as the learner's state dict
     lists it)."""
-    out: dict[str, list[float]] = {}
-    for module_name, module in model.named_modules():
-        for name, p in module.named_parameters(recurse=False):
-            m = before.get(id(module), {}).get(name) if p.numel() == 0 else None
-            m = m if m is not None else tensor_moments(p)
-            acc = out.setdefault(layer_of(f"{module_name}.{name}"), [0.0, 0.0, 0.0])
-            for i in range(3):
-                acc[i] += m[i]
-    return {k: (v[0], v[1], v[2]) for k, v in out.items()}
+
+    def moments(module, p: torch.Tensor, name: str):
+        taken = before.get(id(module), {}).get(name) if p.numel() == 0 else None
+        return taken if taken is not None else tensor_moments(p)
+
+    return summed(((f"{module_name}.{name}", moments(module, p, name)) for module_name, module in model.named_modules()
+                   for name, p in module.named_parameters(recurse=False)), layer_of)
 
 
 class RLReasonWorkerExtension:
