@@ -26,11 +26,21 @@ class RolloutBatch:
     # [B, T] int32: the weights version that produced each response token, -1 on padding (the rollout
     # worker stamps it; under trainer.mode=async the staleness gate and metrics read it)
     versions: Optional[torch.Tensor] = None
+    # [B, T] 1 on the tokens the policy sampled (multi-turn: not the observations or template tokens between
+    # turns, which the model attends to but is not trained on); None: every response token (single turn)
+    loss_mask: Optional[torch.Tensor] = None
+    # [B, len(ENV_STATS)] float: per response, what its episode did (multi-turn rollouts; rlreason/rollout/episodes.py)
+    env_stats: Optional[torch.Tensor] = None
     meta: dict = field(default_factory=dict)
 
     @property
     def size(self) -> int:
         return self.response_ids.shape[0]
+
+    @property
+    def gen_mask(self) -> torch.Tensor:
+        """[B, T] the tokens losses, advantages and per-token metrics count: the sampled ones."""
+        return self.response_mask if self.loss_mask is None else self.loss_mask
 
     def to(self, device) -> "RolloutBatch":
         """A copy with every tensor on `device` (the learner and engines compute where their model lives)."""
@@ -71,6 +81,10 @@ class RolloutBatch:
         )
         if all(p.versions is not None for p in parts):
             out["versions"] = torch.cat([rpad(p.versions, T, -1) for p in parts])
+        if any(p.loss_mask is not None for p in parts):
+            out["loss_mask"] = torch.cat([rpad(p.gen_mask, T, 0) for p in parts])
+        if all(p.env_stats is not None for p in parts):
+            out["env_stats"] = torch.cat([p.env_stats for p in parts])
         for name in ("rewards", "correct", "budgets"):
             if all(getattr(p, name) is not None for p in parts):
                 out[name] = torch.cat([getattr(p, name) for p in parts])

@@ -8,6 +8,8 @@ the wrong type is caught by OmegaConf, and `validate()` checks ranges and choice
 
 from __future__ import annotations
 
+import inspect
+
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -15,7 +17,7 @@ from rlreason.data.tasks import MAX_ROW_BYTES
 
 DTYPES = ("fp32", "bf16")
 MODEL_KINDS = ("tiny_moe", "pretrained", "smollm2", "smollm2_moe")
-TASKS = ("arithmetic", "elementary_math", "gsm8k", "jsonl", "reasoning_gym")
+TASKS = ("arithmetic", "elementary_math", "gsm8k", "jsonl", "reasoning_gym", "arith_tools", "code_tests")
 ISOLATION = ("sandbox", "process", "inline")
 STRATEGIES = ("single", "deepspeed")
 PLACEMENTS = ("none", "pack", "spread", "strict_pack")
@@ -178,7 +180,8 @@ class ModelConfig:
 class TaskConfig:
     # arithmetic (procedural) | elementary_math (five question skills for instruct models, data/elementary_math.py)
     # | gsm8k (local JSONL folder at `path`, else the hub) | jsonl (any JSONL file at `path`, e.g. MedQA)
-    # | reasoning_gym (the generator `dataset`, scored by its own score_answer)
+    # | reasoning_gym (the generator `dataset`, scored by its own score_answer) | arith_tools (two-number arithmetic
+    # a calculator helps with, data/arith_tools.py) | code_tests (small programming problems, data/code_problems.py)
     name: str = "arithmetic"
     num_terms: int = 3  # arithmetic: numbers per problem
     max_value: int = 9  # arithmetic: largest number
@@ -206,10 +209,19 @@ class TaskConfig:
     bad_rows: str = "error"
     # a file row longer than this (bytes) is a bad row: one runaway line must not exhaust memory in tokenisation
     max_row_bytes: int = MAX_ROW_BYTES
+    ops: str = "+-*"  # arith_tools: the operations drawn (numbers from 10 to max_value)
+    instruction: str = ""  # arith_tools, code_tests: text put before every problem (e.g. how to call the tool)
+    # code_tests: the held-out set: procedural (a quarter of the generated problems, never trained on) | humaneval
+    # (the 164 HumanEval problems, shipped, MIT; every generated problem is then trained on)
+    eval_set: str = "procedural"
 
     def check(self, cfg) -> None:
         _choice("task.name", self.name, TASKS)
         _choice("task.bad_rows", self.bad_rows, ("error", "skip"))
+        _choice("task.eval_set", self.eval_set, ("procedural", "humaneval"))
+        if self.name == "arith_tools" and (self.max_value < 10 or not self.ops or set(self.ops) - set("+-*")):
+            raise ConfigError(f"task=arith_tools: task.max_value={self.max_value} must be >= 10 and task.ops={self.ops!r} "
+                              "one or more of + - *")
         _positives(self, "task", ("num_train", "num_eval", "max_row_bytes"))
         if self.name == "gsm8k" and self.path:
             from pathlib import Path
@@ -367,6 +379,17 @@ class RolloutConfig:
     # policies whose routes are not recorded); false: HF generate, which computes every row to the longest
     compact_finished: bool = True
     max_batch: int = 256  # hf engine: sequences decoded at once; a larger request (e.g. a sampled eval) runs in chunks
+    # the environment each response's episode runs in (docs/environments.md): a registered name or module:Class;
+    # single_turn = one model turn scored by the verifier; calculator, python: tool use over several turns
+    env: str = "single_turn"
+    env_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the environment's constructor
+    max_turns: int = 4  # multi-turn: model turns per episode at most (the environment's own max_turns may be lower)
+    # multi-turn: tokens per episode at most, prompt, turns and observations together; 0 = no cap but
+    # max_new_tokens per turn. An observation that does not fit is cut and ends the episode
+    max_total_tokens: int = 0
+    # multi-turn: strings that end a model turn (e.g. "</tool_call>"); its sampled ids are kept up to and including
+    # the token that completes the string
+    stop: list[str] = field(default_factory=list)
 
     def check(self, cfg) -> None:
         _positives(self, "rollout", ("prompts_per_step", "group_size", "max_new_tokens", "num_workers", "max_batch", "temperature"))
@@ -394,6 +417,26 @@ class RolloutConfig:
         if self.weight_transport == "collective" and engine.weights_format != TENSORS and not hasattr(engine, "receive_weights"):
             raise ConfigError(f"rollout.weight_transport=collective: rollout.engine={self.engine} reloads weights from an HF "
                               "folder and cannot receive a broadcast; use rollout.weight_transport=object_store")
+        from rlreason.envs.base import ENVS
+
+        _registered("rollout.env", self.env, ENVS)
+        _positive("rollout.max_turns", self.max_turns)
+        _positive("rollout.max_total_tokens", self.max_total_tokens, allow_zero=True)
+        if self.env != "single_turn":
+            if not hasattr(engine, "generate_ids"):
+                raise ConfigError(f"rollout.env={self.env}: rollout.engine={self.engine} cannot generate from token ids "
+                                  "(no generate_ids), which multi-turn rollouts feed it; use rollout.engine=hf or vllm")
+            if self.partial:
+                raise ConfigError(f"rollout.env={self.env} with rollout.partial=true: an interrupted multi-turn episode "
+                                  "cannot be continued yet; set rollout.partial=false")
+            if cfg.moe.routing_replay == "r3":
+                raise ConfigError(f"rollout.env={self.env} with moe.routing_replay=r3: multi-turn batches carry no "
+                                  "rollout routes (observations are prefilled, not sampled); use moe.routing_replay=r2")
+            if ENVS.get(self.env).__init__ is not object.__init__:
+                try:
+                    inspect.signature(ENVS.get(self.env)).bind(**self.env_args)
+                except TypeError as e:
+                    raise ConfigError(f"rollout.env_args do not fit rollout.env={self.env}: {e}") from None
         if self.partial and not hasattr(ENGINES.get(self.engine), "generate_ids"):  # the token-in continuation
             raise ConfigError(f"rollout.partial=true: rollout.engine={self.engine} cannot continue a generation from its "
                               "tokens (no generate_ids); use rollout.engine=hf, or rollout.partial=false (weight loads "

@@ -20,6 +20,7 @@ UNITS = {
     "telemetry": ["rlreason.telemetry"],
     "model": ["rlreason.policy", "rlreason.forward", "rlreason.transfer", "rlreason.assets", "rlreason.eval_cache"],
     "moe": ["rlreason.moe"],
+    "envs": ["rlreason.envs"],
     "rollout": ["rlreason.rollout"],
     "config": ["rlreason.config"],
     "learner": ["rlreason.learner"],
@@ -37,12 +38,14 @@ ALLOWED = {
     "telemetry": {"core"},
     "model": {"core"},
     "moe": {"core", "model"},
-    "rollout": {"core", "model", "moe", "telemetry"},
-    "config": {"core", "algos", "curricula", "rewards", "data", "model", "moe", "rollout"},
+    "envs": {"core", "rewards"},  # rewards: the Python tool runs code as the code verifier does (rewards/code_exec.py)
+    "rollout": {"core", "model", "moe", "telemetry", "envs"},
+    "config": {"core", "algos", "curricula", "rewards", "data", "model", "moe", "envs", "rollout"},
     "learner": {"core", "algos", "rewards", "data", "model", "moe", "telemetry", "config"},  # rewards: the warm start's accuracy
-    "orchestrator": {"core", "algos", "curricula", "rewards", "data", "model", "moe", "rollout", "config", "learner", "telemetry"},
-    "trainer": {"core", "algos", "curricula", "rewards", "data", "model", "moe", "rollout", "config", "learner", "telemetry",
-                "orchestrator"},
+    "orchestrator": {"core", "algos", "curricula", "rewards", "data", "model", "moe", "envs", "rollout", "config", "learner",
+                     "telemetry"},
+    "trainer": {"core", "algos", "curricula", "rewards", "data", "model", "moe", "envs", "rollout", "config", "learner",
+                "telemetry", "orchestrator"},
 }
 # the estimator lab samples with the engines, loads policies and tasks like the trainer: a top layer too
 ALLOWED["lab"] = ALLOWED["trainer"] | {"trainer"}

@@ -56,7 +56,7 @@ def as_estimate(out) -> Estimate:
 
 
 def _broadcast(adv: torch.Tensor, batch) -> torch.Tensor:
-    return adv[:, None] * batch.response_mask.to(adv.dtype)
+    return adv[:, None] * batch.gen_mask.to(adv.dtype)
 
 
 def _grpo_sample(batch, cfg) -> torch.Tensor:
@@ -82,9 +82,13 @@ def rloo(batch, cfg, learner_tensors: dict) -> torch.Tensor:
 
 @register_estimator("tempo", group_relative=True)
 def tempo(batch, cfg, learner_tensors: dict) -> torch.Tensor:
-    """TEMPO (reconstructed, see algos/tempo.py): GRPO plus branch-gated prefix-tree TD."""
-    return tempo_advantages(batch.response_ids.cpu(), batch.response_mask.cpu(), batch.rewards.cpu(), batch.group_index.cpu(),
-                            cfg.std_ddof, cfg.adv_eps, cfg.tempo.td_weight).to(batch.response_ids.device)
+    """TEMPO (reconstructed, see algos/tempo.py): GRPO plus branch-gated prefix-tree TD. On a multi-turn
+    trajectory the tree keys on every response id, observations and template tokens included (fixed edges:
+    responses whose sampled tokens agree, given the same tool outputs, share their nodes; a different tool
+    output branches them), and only the sampled tokens get an advantage (`gen_mask`)."""
+    adv = tempo_advantages(batch.response_ids.cpu(), batch.response_mask.cpu(), batch.rewards.cpu(), batch.group_index.cpu(),
+                           cfg.std_ddof, cfg.adv_eps, cfg.tempo.td_weight)
+    return adv.to(batch.response_ids.device) * batch.gen_mask.to(adv.dtype)
 
 
 @register_estimator("thr", needs=frozenset(("hidden", "vocab_logprobs")), group_relative=True)
@@ -93,7 +97,7 @@ def thr(batch, cfg, learner_tensors: dict) -> Estimate:
     t = cfg.thr
     adv, metrics = thr_advantages(
         _grpo_sample(batch, cfg), learner_tensors["hidden"], learner_tensors["vocab_logprobs"], batch.response_ids,
-        batch.response_mask, batch.correct if batch.correct is not None else batch.rewards, batch.group_index,
+        batch.gen_mask, batch.correct if batch.correct is not None else batch.rewards, batch.group_index,
         t.p, t.tau_beta, t.only_dominant,
     )
     return Estimate(adv, metrics=metrics)
@@ -106,7 +110,7 @@ def d3s(batch, cfg, learner_tensors: dict) -> Estimate:
     c = cfg.d3s
     adv = _grpo_sample(batch, cfg)
     token_adv = _broadcast(adv, batch)
-    keep, metrics = d3s_masks(adv, token_adv, learner_tensors["entropy"], batch.response_mask, batch.group_index,
+    keep, metrics = d3s_masks(adv, token_adv, learner_tensors["entropy"], batch.gen_mask, batch.group_index,
                               learner_tensors.get("progress", 0.0), c.n_init, c.n_final, c.k_init, c.k_final, c.per_group,
                               c.token_scope)
     return Estimate(token_adv, loss_mask=keep.to(torch.float32), metrics=metrics)
@@ -115,8 +119,8 @@ def d3s(batch, cfg, learner_tensors: dict) -> Estimate:
 @register_estimator("tw_grpo", needs=frozenset(("vocab_logprobs",)), group_relative=True)
 def tw_grpo(batch, cfg, learner_tensors: dict) -> Estimate:
     """TW-GRPO (see algos/token_weighting.py): GRPO advantages, per-position weights in [1, alpha]."""
-    w = tw_token_weights(learner_tensors["vocab_logprobs"], batch.response_mask, batch.group_index, cfg.tw.alpha)
-    metrics = {"tw/weight_mean": float(w[batch.response_mask.bool()].mean())}
+    w = tw_token_weights(learner_tensors["vocab_logprobs"], batch.gen_mask, batch.group_index, cfg.tw.alpha)
+    metrics = {"tw/weight_mean": float(w[batch.gen_mask.bool()].mean())}
     return Estimate(grpo(batch, cfg, learner_tensors), token_weights=w, metrics=metrics)
 
 

@@ -56,6 +56,7 @@ class Environment(Protocol):
 
 
 ENVS = Registry("environment", "rollout.env")
+ENVS.register_path("python", "rlreason.envs.python_tool:PythonEnv")  # imports the sandbox only when chosen
 
 
 @ENVS.register("single_turn")
@@ -72,8 +73,8 @@ class SingleTurn:
 
 
 def calculator_tool(arguments: dict) -> str:
-    """{"expression": "3*7"} -> "21"."""
-    expression = arguments.get("expression")
+    """{"expression": "3*7"} (or the paren format's {"input": "3*7"}) -> "21"."""
+    expression = arguments.get("expression", arguments.get("input"))
     if not isinstance(expression, str):
         raise CalculatorError('the calculator takes {"expression": "<arithmetic>"}')
     return calculate(expression)
@@ -85,11 +86,16 @@ class ToolEnv:
     an exception, a timeout) is its observation, `error: ...`, never an exception out of `step`."""
 
     def __init__(self, tools: dict[str, Callable[[dict], str]], call_format: str = "hermes", max_turns: int = 4,
-                 timeout_s: float = 5.0, max_parallel_calls: int = 4, max_output_chars: int = 2000):
+                 timeout_s: float = 5.0, max_parallel_calls: int = 4, max_output_chars: int = 2000,
+                 observation: str = "{output}"):
+        """`observation`: how a call's output is shown to the policy (e.g. "={output}" continues a plain-text
+        line; with a chat template each output is its own tool message, so "{output}")."""
         if call_format not in FORMATS:
             raise ValueError(f"unknown tool-call format {call_format!r}; one of {sorted(FORMATS)}")
+        if "{output}" not in observation:
+            raise ValueError(f"the observation template {observation!r} must contain {{output}}")
         self.tools, self.parse, self.max_turns = tools, FORMATS[call_format], max_turns
-        self.timeout_s, self.max_output_chars = timeout_s, max_output_chars
+        self.timeout_s, self.max_output_chars, self.observation = timeout_s, max_output_chars, observation
         self.pool = ThreadPoolExecutor(max_parallel_calls, thread_name_prefix="tool")
 
     def reset(self, sample: dict, seed: int = 0) -> None:
@@ -113,10 +119,14 @@ class ToolEnv:
                     text, failed = f"error: {call.name} did not answer within {self.timeout_s:g} s", True
                     timeouts += 1
             errors += failed
-            observations.append(self._cap(text))
+            observations.append(self.observation.replace("{output}", self._cap(text)))
         done = turn.index + 1 >= self.max_turns
         return StepResult(observations, done, info={"tool_calls": len(calls), "tool_errors": errors,
                                                     "tool_timeouts": timeouts, "tool_s": time.perf_counter() - t0})
+
+    def close(self) -> None:
+        """Let the call threads go (a call still running past its timeout finishes on its own)."""
+        self.pool.shutdown(wait=False)
 
     def _call(self, call: ToolCall) -> tuple[str, bool]:
         tool = self.tools.get(call.name)
@@ -137,7 +147,8 @@ class ToolEnv:
 
 @ENVS.register("calculator")
 class CalculatorEnv(ToolEnv):
-    """The calculator as a hermes tool (`{"name": "calculator", "arguments": {"expression": ...}}`)."""
+    """The calculator tool, `calculator`: a hermes call (`{"name": "calculator", "arguments": {"expression": ...}}`)
+    by default, or `calculator(3*7)` under call_format=paren."""
 
-    def __init__(self, max_turns: int = 4, timeout_s: float = 5.0):
-        super().__init__({"calculator": calculator_tool}, "hermes", max_turns, timeout_s)
+    def __init__(self, max_turns: int = 4, timeout_s: float = 5.0, call_format: str = "hermes", observation: str = "{output}"):
+        super().__init__({"calculator": calculator_tool}, call_format, max_turns, timeout_s, observation=observation)

@@ -11,7 +11,7 @@ may join parallel results). If the template does not reproduce BASE as a prefix 
 earlier turns, e.g. reasoning traces), `PrefixBreak` is raised at construction, by a self-test, rather than
 training on ids the policy never saw.
 
-Without a chat template (the tiny policy's character tokenizer), an observation is its text encoded
+Without a chat template (the tiny policy's character tokenizer, or `model.chat_template=false`), an observation is its text encoded
 without special tokens.
 """
 
@@ -25,11 +25,12 @@ class PrefixBreak(ValueError):
 
 
 class ObservationRenderer:
-    def __init__(self, tokenizer, role: str = "tool"):
+    def __init__(self, tokenizer, role: str = "tool", use_template: bool = True):
+        """`use_template`: render with the tokenizer's chat template (the prompts are in it too: model.chat_template)."""
         self.tokenizer, self.role = tokenizer, role
         self.eot_id = tokenizer.eos_token_id  # a model turn ends on it
         self.base: list[int] | None = None
-        if getattr(tokenizer, "chat_template", None):
+        if use_template and getattr(tokenizer, "chat_template", None):
             ids = self._render(BASE, False)
             if self.eot_id not in ids:
                 raise PrefixBreak(f"the chat template does not end an assistant turn with the EOS token {tokenizer.eos_token!r}")

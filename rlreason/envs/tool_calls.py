@@ -5,6 +5,9 @@
 - `code_fence`: the turn's last fenced Python block (```python ... ``` or ```py ... ```) is one call of the
   `python` tool, with the code as its argument; earlier blocks are drafts. Small models write this without
   being taught a schema.
+- `paren`: ``calculator(347*29)``, the turn's last ``name(text)`` with no parentheses inside, as a call of
+  tool `name` with the text as its one argument, `input`. For policies with a tiny vocabulary (the
+  character tokenizer has no ``<``, ``{`` or backtick); pair it with the stop string ``)``.
 
 A malformed call is not dropped: it becomes a `ToolCall` with an `error`, whose message the environment
 returns as the observation (the policy learns from it; the run never crashes on it). The text is parsed as
@@ -60,4 +63,13 @@ def code_fence_calls(text: str) -> list[ToolCall]:
     return [ToolCall("python", {"code": blocks[-1]})] if blocks else []
 
 
-FORMATS = {"hermes": hermes_calls, "code_fence": code_fence_calls}
+_PAREN = re.compile(r"([a-z_][a-z0-9_]*)\(([^()]*)\)")
+
+
+def paren_calls(text: str) -> list[ToolCall]:
+    """The last name(text) as a call of tool `name` with {"input": text} (none when there is none)."""
+    found = _PAREN.findall(text)
+    return [ToolCall(found[-1][0], {"input": found[-1][1]})] if found else []
+
+
+FORMATS = {"hermes": hermes_calls, "code_fence": code_fence_calls, "paren": paren_calls}

@@ -333,7 +333,7 @@ class Learner:
         old.pop("vocab_logprobs", None)
         old.pop("hidden", None)
         # the estimator may narrow the tokens that enter the loss (D3S) and weight them (TW-GRPO)
-        resp_mask = batch.response_mask.float()
+        resp_mask = batch.gen_mask.float()  # the sampled tokens: never a multi-turn observation (batch.loss_mask)
         mask = resp_mask if est.loss_mask is None else est.loss_mask.to(self.device).float() * resp_mask
         advantages = est.advantages.to(self.device) * mask
         token_weights = est.token_weights.to(self.device) if est.token_weights is not None else None
@@ -352,7 +352,7 @@ class Learner:
             "advantage/abs_mean": float(aggregate(advantages.abs(), mask, "token-mean")),
             "rollout_correction/weight_mean": float(aggregate(is_weights, resp_mask, "token-mean")),
             "rollout_correction/masked_seq_frac": float(((is_weights * resp_mask).sum(-1) == 0).float().mean()),
-            "loss/token_frac": float(mask.sum() / batch.response_mask.sum().clamp(min=1)),
+            "loss/token_frac": float(mask.sum() / resp_mask.sum().clamp(min=1)),
             **{f"kl/rollout_{k}": v for k, v in logprob_gap(old["logprobs"], batch.sampling_logprobs, resp_mask).items()},
             **est.metrics,
         }

@@ -214,7 +214,7 @@ class AsyncRollouts:
             prompts = [plan.prompts[i] for i in shard.rows]
             counts = [plan.counts[i] for i in shard.rows]
             ref = worker.generate.remote(prompts, int(shard.rows[0]), counts, plan.max_new_tokens, r.temperature, r.top_p,
-                                         False, shard.seed)
+                                         False, shard.seed, [plan.samples[i] for i in shard.rows] if plan.samples else None)
         self.running[ref] = shard
         self.idle_s[k] += time.perf_counter() - self.idle_since[k]
 

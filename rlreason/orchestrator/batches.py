@@ -22,6 +22,7 @@ from curricula.strategies import build_curriculum
 from rlreason.algos.filtering import group_pass_rates, keep_groups
 from rlreason.batch import RolloutBatch
 from rlreason.data.sampler import PromptSampler
+from rlreason.rollout.episodes import env_metrics
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class RoundPlan:
     seed: int
     max_new_tokens: int
     budget: int | None  # the length curriculum's token budget (None: off)
+    samples: list[dict] | None = None  # the problems' samples (multi-turn environments are reset with them)
 
 
 class SyncRollouts:
@@ -57,7 +59,8 @@ class SyncRollouts:
 
     def round(self, step: int, rnd: int) -> tuple[RoundPlan, RolloutBatch, list[str]]:
         p = self.plan(step, rnd)
-        batch, texts = self.fleet.generate(p.prompts, seed=p.seed, n=p.counts, max_new_tokens=p.max_new_tokens)
+        batch, texts = self.fleet.generate(p.prompts, seed=p.seed, n=p.counts, max_new_tokens=p.max_new_tokens,
+                                           samples=p.samples)
         return p, batch, texts
 
 
@@ -104,7 +107,8 @@ class BatchBuilder:
         counts = cur.rollouts(step, indices) or [cfg.rollout.group_size] * len(indices)
         return RoundPlan(step, rnd, indices, counts, [self.prompt(self.train[i], budget) for i in indices],
                          seed=cfg.seed * 1_000_003 + step + 7_919 * rnd,
-                         max_new_tokens=cur.cap(budget) if budget else cfg.rollout.max_new_tokens, budget=budget)
+                         max_new_tokens=cur.cap(budget) if budget else cfg.rollout.max_new_tokens, budget=budget,
+                         samples=[self.train[i].as_sample() for i in indices] if cfg.rollout.env != "single_turn" else None)
 
     def state_after(self, step: int) -> dict:
         """The data position to resume from after `step` (checkpoints and metrics): the sampler and the
@@ -142,6 +146,8 @@ class BatchBuilder:
             t0 = time.perf_counter()
             samples = [self.train[i].as_sample() for i, c in zip(indices, counts) for _ in range(c)]
             round_metrics = self.scorer.score(batch, texts, samples, shape, where=f"step {step}")
+            if batch.env_stats is not None:
+                round_metrics.update(env_metrics(batch.env_stats, float(batch.gen_mask.sum())))
             t_reward += time.perf_counter() - t0
             if rounds == 1:
                 reward_metrics = round_metrics

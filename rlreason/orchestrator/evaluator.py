@@ -16,6 +16,7 @@ from pathlib import Path
 from rlreason import eval_cache
 from rlreason.assets import cache_root
 from rlreason.evaluation import eval_metrics
+from rlreason.rollout.episodes import env_metrics
 
 log = logging.getLogger(__name__)
 GREEDY_SEED = 0
@@ -45,12 +46,15 @@ class Evaluator:
                 log.info("initial evaluation read from the cache (%s.json; eval_cache=false recomputes it)", cached[1])
                 return hit
 
-        batch, texts = self.fleet.generate(prompts, seed=GREEDY_SEED, greedy=True, max_new_tokens=max_new)
+        env_samples = samples if cfg.rollout.env != "single_turn" else None
+        batch, texts = self.fleet.generate(prompts, seed=GREEDY_SEED, greedy=True, max_new_tokens=max_new, samples=env_samples)
         greedy = self.scorer.accuracy(texts, samples, where=f"eval at step {step}")
         metrics = {"eval/response_length": float(batch.response_mask.sum(-1).float().mean())}
+        if batch.env_stats is not None:
+            metrics.update(env_metrics(batch.env_stats, float(batch.gen_mask.sum()), prefix="eval/env"))
         sampled = None
         if cfg.eval_sampled:
-            batch, texts = self.fleet.generate(prompts, seed=SAMPLED_SEED, n=k, max_new_tokens=max_new)
+            batch, texts = self.fleet.generate(prompts, seed=SAMPLED_SEED, n=k, max_new_tokens=max_new, samples=env_samples)
             flat = self.scorer.accuracy(texts, [s for s in samples for _ in range(k)], where=f"sampled eval at step {step}")
             sampled = [flat[i * k:(i + 1) * k] for i in range(len(prompts))]
             metrics["eval/sampled_response_length"] = float(batch.response_mask.sum(-1).float().mean())

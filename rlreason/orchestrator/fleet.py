@@ -61,7 +61,7 @@ class RolloutFleet:
         # `generate` notices, gives it the current weights and retries
         self.workers = [
             actor.options(**resources, **env, **place(k), max_restarts=r.max_restarts).remote(
-                r.engine, str(policy_path), threads, r, cfg.seed + k)
+                r.engine, str(policy_path), threads, r, cfg.seed + k, cfg.model.chat_template)
             for k in range(r.num_workers)
         ]
         self.weights_version = 0
@@ -79,8 +79,9 @@ class RolloutFleet:
             self.join_group()
 
     def generate(self, prompts: list[str], seed: int, greedy: bool = False, n: int | list[int] | None = None,
-                 max_new_tokens: int | None = None) -> tuple[RolloutBatch, list[str]]:
-        """n samples per prompt (one n, or a list with one count per prompt) across the workers."""
+                 max_new_tokens: int | None = None, samples: list[dict] | None = None) -> tuple[RolloutBatch, list[str]]:
+        """n samples per prompt (one n, or a list with one count per prompt) across the workers; `samples`
+        (one per prompt) reset multi-turn environments."""
         r = self.cfg
         n = n or (1 if greedy else r.group_size)
         counts = n if isinstance(n, list) else [n] * len(prompts)
@@ -88,7 +89,8 @@ class RolloutFleet:
         for attempt in range(r.max_restarts + 1):
             futures = [
                 w.generate.remote([prompts[i] for i in shard], int(shard[0]) if len(shard) else 0, [counts[i] for i in shard],
-                                  max_new_tokens or r.max_new_tokens, r.temperature, r.top_p, greedy, seed + k)
+                                  max_new_tokens or r.max_new_tokens, r.temperature, r.top_p, greedy, seed + k,
+                                  [samples[i] for i in shard] if samples else None)
                 for k, (w, shard) in enumerate(zip(self.workers, shards)) if len(shard)
             ]
             try:

@@ -37,11 +37,13 @@ def _pick(logits: torch.Tensor, temperature: float, top_p: float, greedy: bool) 
 @torch.no_grad()
 def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int, eos_id: int, pad_id: int,
            temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False, cache=None,
-           stop=None) -> tuple[torch.Tensor, torch.Tensor]:
+           stop=None, row_done=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample up to `max_new_tokens` for each left-padded prompt row. `cache`: the KV cache of every
     prompt token but the last (e.g. one prefill per distinct prompt, copied to its samples), else the
     prompts are prefilled here. `stop()`, asked after every token, ends the loop early (partial
-    rollouts: the rows still running then hold as many tokens as steps ran, and no EOS).
+    rollouts: the rows still running then hold as many tokens as steps ran, and no EOS). `row_done(ids)`,
+    asked of every running row's tokens so far after each step, ends that row when True (stop strings;
+    the row then holds no EOS, its tokens end where it was ended).
     Returns (response ids [B, T], sampling log-probs [B, T]), T the steps run: each row holds its tokens
     up to and including its first EOS, then `pad_id` (log-prob 0)."""
     B = prompt_ids.shape[0]
@@ -65,6 +67,9 @@ def sample(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_t
         response[rows[live], t] = token[live]
         logprobs[rows[live], t] = token_logp[live]
         ended |= token == eos_id
+        if row_done is not None:
+            for j in torch.nonzero(~ended).flatten().tolist():
+                ended[j] = bool(row_done(response[rows[j], : t + 1]))
         if t == max_new_tokens - 1 or bool(ended.all()) or (stop is not None and stop()):
             break
         if int(ended.sum()) >= max(1, len(rows) // 8):  # compact: drop the ended rows and their cache

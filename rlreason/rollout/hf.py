@@ -25,6 +25,7 @@ from rlreason.moe.balance import SELECTION_BIAS_KEY, SelectionBias
 from rlreason.policy import DTYPES, load_policy, load_tokenizer
 from rlreason.rollout.decode import sample
 from rlreason.rollout.routing import RoutingRecorder, find_routers
+from rlreason.rollout.stop_strings import StopStrings
 from rlreason.transfer import TENSORS, AdapterUpdate, merge_adapter_update
 from rlreason.weights_check import fingerprint
 
@@ -155,20 +156,24 @@ class HFEngine:
         return self._decode(prompt_ids, prompt_mask, group_index, max_new_tokens, temperature, top_p, greedy, cache, stop)
 
     def generate_ids(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                     top_p: float = 1.0, greedy: bool = False, seed: int | None = None, stop=None) -> tuple[RolloutBatch, list[str]]:
+                     top_p: float = 1.0, greedy: bool = False, seed: int | None = None, stop=None,
+                     stop_strings: list[str] | None = None) -> tuple[RolloutBatch, list[str]]:
         """Token in: one response to each left-padded row of `prompt_ids` (a prompt and the response so far,
-        when a partial rollout continues), each row its own group."""
+        when a partial rollout continues; the episode so far, in a multi-turn rollout), each row its own group.
+        A row ends at EOS or after the token that completes one of `stop_strings` (kept)."""
         if seed is not None:
             torch.manual_seed(seed)
         return self._decode(prompt_ids.to(self.device), prompt_mask.to(self.device), torch.arange(prompt_ids.shape[0]),
-                            max_new_tokens, temperature, top_p, greedy, None, stop)
+                            max_new_tokens, temperature, top_p, greedy, None, stop,
+                            StopStrings(self.tokenizer, stop_strings) if stop_strings else None)
 
     @torch.no_grad()
-    def _decode(self, prompt_ids, prompt_mask, group_index, max_new_tokens, temperature, top_p, greedy, cache, stop):
+    def _decode(self, prompt_ids, prompt_mask, group_index, max_new_tokens, temperature, top_p, greedy, cache, stop,
+                stop_strings: StopStrings | None = None):
         recorder = RoutingRecorder(self.model, prompt_ids.shape[0]) if self.record_routing else None
         if recorder is None and self.compact_finished:  # ended responses leave the batch (rollout/decode.py)
             response_ids, logprobs = sample(self.model, prompt_ids, prompt_mask, max_new_tokens, self.eos_id, self.pad_id,
-                                            temperature, top_p, greedy, cache, stop)
+                                            temperature, top_p, greedy, cache, stop, stop_strings and stop_strings.hit)
         else:
             with recorder if recorder is not None else contextlib.nullcontext():
                 out = self._generate(prompt_ids, prompt_mask, max_new_tokens, temperature, top_p, greedy, cache, stop)
@@ -182,8 +187,14 @@ class HFEngine:
         is_eos = response_ids == self.eos_id
         # tokens up to and including the first EOS belong to the response
         after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0
-        response_mask = (~after_eos).long()
         truncated = ~is_eos.any(-1)
+        if stop_strings is not None:  # a row that met a stop string ends after the token completing it
+            for b in range(response_ids.shape[0]):
+                cut = stop_strings.cut(response_ids[b][~after_eos[b]].tolist())
+                if cut is not None:
+                    after_eos[b, cut:] = True
+                    truncated[b] = False
+        response_mask = (~after_eos).long()
         response_ids = response_ids.masked_fill(after_eos, self.pad_id)
         logprobs = logprobs.masked_fill(after_eos, 0.0)
         texts = self.tokenizer.batch_decode(response_ids, skip_special_tokens=True)

@@ -181,22 +181,27 @@ class VLLMEngine:
         return self._batch(rows, torch.arange(len(prompts)).repeat_interleave(counts))
 
     def generate_ids(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                     top_p: float = 1.0, greedy: bool = False, seed: int | None = None, stop=None) -> tuple[RolloutBatch, list[str]]:
-        """Token in: one response to each left-padded row (a prompt and a response so far), each its own group."""
+                     top_p: float = 1.0, greedy: bool = False, seed: int | None = None, stop=None,
+                     stop_strings: list[str] | None = None) -> tuple[RolloutBatch, list[str]]:
+        """Token in: one response to each left-padded row (a prompt and a response so far, or a multi-turn episode
+        so far), each its own group. A row ends at EOS or at one of `stop_strings` (vLLM keeps the ids through the
+        token that completes it; the text is not used)."""
         enc = [row[m.bool()].tolist() for row, m in zip(prompt_ids, prompt_mask)]
-        requests = [(ids, self._params(1, max_new_tokens, temperature, top_p, greedy, None if seed is None else seed * 100_003 + b))
+        requests = [(ids, self._params(1, max_new_tokens, temperature, top_p, greedy, None if seed is None else seed * 100_003 + b,
+                                       stop_strings))
                     for b, ids in enumerate(enc)]
         completions = self._run_stoppable(requests, stop) if stop is not None else [
             out.outputs[0] for out in self.llm.generate([{"prompt_token_ids": ids} for ids, _ in requests],
                                                         [p for _, p in requests], use_tqdm=False)]
         return self._batch(list(zip(enc, completions)), torch.arange(len(enc)))
 
-    def _params(self, n: int, max_new_tokens: int, temperature: float, top_p: float, greedy: bool, seed: int | None):
+    def _params(self, n: int, max_new_tokens: int, temperature: float, top_p: float, greedy: bool, seed: int | None,
+                stop_strings: list[str] | None = None):
         from vllm import SamplingParams
 
         return SamplingParams(n=n, temperature=0.0 if greedy else temperature, top_p=1.0 if greedy else top_p, top_k=0,
                               max_tokens=max_new_tokens, logprobs=0, seed=seed, stop_token_ids=[self.eos_id],
-                              skip_special_tokens=True)
+                              skip_special_tokens=True, stop=stop_strings or None, include_stop_str_in_output=True)
 
     def _run_stoppable(self, requests: list, stop) -> list:
         """The engine stepped by hand (as LLM.generate does), asking `stop()` after every step; requests still

@@ -23,9 +23,11 @@ log = logging.getLogger(__name__)
 class RolloutWorker:
     """Wrap with `ray.remote(num_cpus=...)(RolloutWorker)`; also usable in-process for tests."""
 
-    def __init__(self, engine: str, model_path: str, threads: int = 0, rollout_cfg=None, seed: int = 0, **engine_options):
+    def __init__(self, engine: str, model_path: str, threads: int = 0, rollout_cfg=None, seed: int = 0,
+                 chat_template: bool = False, **engine_options):
         """With `rollout_cfg` (the `rollout.*` config) the engine reads its options from it; without,
-        `engine_options` are passed to the engine's constructor (tests, benchmarks)."""
+        `engine_options` are passed to the engine's constructor (tests, benchmarks). `chat_template`: the
+        prompts are in the tokenizer's chat template (model.chat_template), so multi-turn observations are too."""
         cls = ENGINES.get(engine)
         if rollout_cfg is not None:
             self.engine = cls.from_config(model_path, rollout_cfg, threads, seed)
@@ -39,6 +41,14 @@ class RolloutWorker:
         self._interrupt_below = 0
         self.step_latency = float(getattr(rollout_cfg, "simulated_step_latency_s", 0.0))  # benchmarks: a separate device
         self._stops = hasattr(self.engine, "generate_ids")  # the engine asks stop() after every token
+        self.episodes = None  # rollout.env other than single_turn: multi-turn episodes (rollout/episodes.py)
+        if getattr(rollout_cfg, "env", "single_turn") != "single_turn":
+            from rlreason.envs.base import ENVS
+            from rlreason.rollout.episodes import EpisodeRunner
+
+            env_cls, env_args = ENVS.get(rollout_cfg.env), dict(rollout_cfg.env_args)
+            self.episodes = EpisodeRunner(self.engine, lambda: env_cls(**env_args), rollout_cfg.max_turns,
+                                          rollout_cfg.max_total_tokens, list(rollout_cfg.stop), chat_template)
 
     def load_weights(self, payload, version: int) -> int:
         """Replace all weights at once; generation never sees a mix of versions (the actor is
@@ -87,7 +97,14 @@ class RolloutWorker:
         top_p: float,
         greedy: bool = False,
         seed: int | None = None,
+        samples: list[dict] | None = None,
     ) -> tuple[RolloutBatch, list[str]]:
+        """`samples`: the task's sample of each prompt, which resets its multi-turn environments."""
+        if self.episodes is not None:
+            batch, texts = self.episodes.run(prompts, samples, n, max_new_tokens, temperature, top_p, greedy, seed,
+                                             self.weights_version)
+            batch.group_index = batch.group_index + group_offset
+            return self._checked(batch, max_new_tokens), texts
         per_token = self._stops and (self.partial or self.step_latency > 0)
         batch, texts = self.engine.generate(
             prompts, n, max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy, seed=seed,

@@ -1,0 +1,199 @@
+"""Multi-turn rollouts end to end on a real engine: token in, token out, the loss mask, the learner."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from rlreason.envs.base import StepResult
+
+
+class Scripted:
+    """Answers every turn with an observation until turn `turns` (a tool that always replies)."""
+
+    max_turns = 8
+
+    def __init__(self, turns: int = 3, reply: str = "=ok."):
+        self.turns, self.reply = turns, reply
+
+    def reset(self, sample, seed=0):
+        self.sample = sample
+
+    def step(self, turn):
+        return StepResult([self.reply], done=turn.index + 1 >= self.turns, info={"tool_calls": 1})
+
+
+class Recording:
+    """The engine, with every generate_ids call's fed ids and sampled ids kept."""
+
+    def __init__(self, engine):
+        self.engine, self.calls = engine, []
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def generate_ids(self, ids, mask, *args, **kw):
+        out, texts = self.engine.generate_ids(ids, mask, *args, **kw)
+        fed = [r[m.bool()].tolist() for r, m in zip(ids, mask)]
+        sampled = [out.response_ids[j, : int(out.response_mask[j].sum())].tolist() for j in range(out.size)]
+        self.calls.append((fed, sampled))
+        return out, texts
+
+
+def gen_runs(loss_mask: list[int]) -> list[tuple[int, int]]:
+    """(start, end) of each run of 1s."""
+    runs, start = [], None
+    for i, m in enumerate([*loss_mask, 0]):
+        if m and start is None:
+            start = i
+        elif not m and start is not None:
+            runs.append((start, i))
+            start = None
+    return runs
+
+
+def run_episodes(engine, stop=("a", "e", "1"), max_total=0, max_new=10, n=3):
+    from rlreason.rollout.episodes import EpisodeRunner
+
+    rec = Recording(engine)
+    runner = EpisodeRunner(rec, lambda: Scripted(3), max_turns=3, max_total_tokens=max_total, stop=list(stop))
+    batch, texts = runner.run(["1+2=", "10-3+4="], None, n, max_new, 1.0, 1.0, False, 5, version=7)
+    return rec, batch, texts
+
+
+def check_token_exact(rec, batch, stop):
+    """Every sampled turn is in the learner's ids exactly where it was sampled, after exactly what the engine was
+    fed; only those tokens are in the loss mask; a turn ends at EOS, right after a stop string, or at its budget."""
+    from rlreason.forward import build_inputs
+
+    input_ids, attention, _ = build_inputs(batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask)
+    tok = rec.engine.tokenizer
+    multi = 0
+    for k in range(batch.size):
+        full = input_ids[k][attention[k].bool()].tolist()
+        plen = int(batch.prompt_mask[k].sum())
+        mask = batch.loss_mask[k, : int(batch.response_mask[k].sum())].tolist()
+        runs = gen_runs(mask)
+        multi += len(runs) > 1
+        assert 1 <= len(runs) <= 3 and batch.env_stats[k, 0] == len(runs)
+        for t, (a, b) in enumerate(runs):
+            live = [j for j in range(batch.size) if len(gen_runs(batch.loss_mask[j].tolist())) > t]
+            fed, sampled = rec.calls[t][0][live.index(k)], rec.calls[t][1][live.index(k)]
+            assert fed == full[: plen + a]  # the engine was fed the trajectory so far, token for token
+            gen = full[plen + a: plen + b]
+            assert gen == sampled[: len(gen)]  # the trained ids are the sampled ids
+            text = tok.decode(gen)
+            hit = [s for s in stop if s in text]
+            if len(gen) < len(sampled) or (hit and gen[-1] != rec.engine.eos_id):  # cut at a stop string: its last token completes it
+                assert hit and not any(s in tok.decode(gen[:-1]) for s in stop)
+            assert (batch.versions[k, a:b] == 7).all() and (batch.sampling_logprobs[k, a:b] < 0).all()
+            if b < len(mask):  # an observation follows: "=ok." as plain ids, no gradient, no version
+                obs = full[plen + b: plen + b + 4]
+                assert tok.decode(obs) == "=ok." and mask[b: b + 4] == [0, 0, 0, 0]
+                assert (batch.versions[k, b:b + 4] == -1).all() and (batch.sampling_logprobs[k, b:b + 4] == 0).all()
+    assert multi >= 2  # the test exercised several turns
+
+
+def test_hf_multi_turn_trains_on_the_sampled_ids_and_masks_the_observations(tiny_policy):
+    from rlreason.rollout.hf import HFEngine
+
+    engine = HFEngine(tiny_policy, threads=2, record_routing=False)  # the compact decode loop (rollout/decode.py)
+    rec, batch, texts = run_episodes(engine)
+    check_token_exact(rec, batch, ("a", "e", "1"))
+    assert batch.routed_experts is None  # not carried on multi-turn batches (the config refuses r3)
+    last = [gen_runs(batch.loss_mask[k].tolist())[-1] for k in range(batch.size)]
+    plen = batch.prompt_mask.sum(-1)
+    for k, (a, b) in enumerate(last):  # the verifier reads the final turn's text
+        ids = batch.response_ids[k, a:b].tolist()
+        assert texts[k] == engine.tokenizer.decode(ids, skip_special_tokens=True) and int(plen[k]) > 0
+
+
+def test_the_token_budget_cuts_an_observation_and_ends_the_episode(tiny_policy):
+    from rlreason.rollout.hf import HFEngine
+
+    engine = HFEngine(tiny_policy, threads=2)
+    _, batch, _ = run_episodes(engine, stop=("a", "e", "1", "2", "3", "+", "="), max_total=14, max_new=6)
+    lengths = batch.prompt_mask.sum(-1) + batch.response_mask.sum(-1)
+    assert int(lengths.max()) <= 14
+    cut = [k for k in range(batch.size) if batch.response_mask[k].sum() > batch.loss_mask[k].sum()]
+    assert cut and all(batch.truncated[k] or batch.env_stats[k, 0] == 3 for k in range(batch.size))
+
+
+def test_the_hf_decode_path_with_routes_recorded_ends_turns_at_stop_strings_too(tiny_policy):
+    """The tiny MoE records routes, so its turns go through HF generate, not the compact decode loop."""
+    from rlreason.rollout.hf import HFEngine
+
+    engine = HFEngine(tiny_policy, threads=2)
+    assert engine.record_routing
+    rec, batch, _ = run_episodes(engine)
+    check_token_exact(rec, batch, ("a", "e", "1"))
+
+
+def test_observation_tokens_get_no_gradient(tiny_policy):
+    """One learner step on a multi-turn batch: changing what lies under the observations' loss mask (their
+    recorded log-probs) changes nothing; dropping the mask (training on the observations) changes the update."""
+    from rlreason.config import AlgoConfig, LearnerConfig
+    from rlreason.learner.learner import Learner
+    from rlreason.rollout.hf import HFEngine
+
+    engine = HFEngine(tiny_policy, threads=2)
+    _, batch, _ = run_episodes(engine, max_new=6)
+    batch.rewards = torch.arange(batch.size, dtype=torch.float32) % 2
+    obs = (batch.response_mask - batch.loss_mask).bool()
+    assert obs.any()
+    noisy = dataclasses.replace(batch, sampling_logprobs=batch.sampling_logprobs.masked_fill(obs, -3.0))
+    unmasked = dataclasses.replace(batch, loss_mask=None)
+
+    def step(b):
+        learner = Learner(tiny_policy, LearnerConfig(lr=1e-2), AlgoConfig(), 1.0, 64)
+        m = learner.train_step(b)
+        return m, torch.cat([p.detach().flatten() for p in learner.model.parameters()])
+
+    m_a, w_a = step(batch)
+    m_b, w_b = step(noisy)
+    _, w_c = step(unmasked)
+    assert torch.equal(w_a, w_b)
+    assert not torch.allclose(w_a, w_c)
+    # token means count sampled tokens only: the mean |advantage| is over the gen tokens (observations would dilute it)
+    from rlreason.algos.advantages import grpo
+
+    adv = grpo(batch, AlgoConfig(), {})
+    assert m_a["advantage/abs_mean"] == pytest.approx(float(adv.abs().sum() / batch.loss_mask.sum()), rel=1e-5)
+    assert m_a["loss/token_frac"] == 1.0
+
+
+def test_env_metrics_by_hand():
+    from rlreason.rollout.episodes import env_metrics
+
+    # turns, tool_calls, tool_errors, tool_timeouts, tool_s, obs_tokens, truncated
+    stats = torch.tensor([[3, 2, 1, 0, 0.5, 10, 0], [1, 0, 0, 0, 0.0, 0, 1]], dtype=torch.float32)
+    m = env_metrics(stats, gen_tokens=30.0)
+    assert m["env/turns_mean"] == 2.0 and m["env/tool_calls_mean"] == 1.0 and m["env/tool_call_rate"] == 0.5
+    assert m["env/tool_error_rate"] == 0.5 and m["env/tool_timeout_rate"] == 0.0 and m["env/tool_s"] == 0.25
+    assert m["env/obs_token_frac"] == 0.25 and m["env/truncated_rate"] == 0.5
+
+
+def test_stop_strings_cut_where_the_text_first_contains_one():
+    from rlreason.data.tokenizer import build_char_tokenizer
+    from rlreason.rollout.stop_strings import StopStrings
+
+    tok = build_char_tokenizer()
+    ids = tok("calc(3+4)=7", add_special_tokens=False).input_ids
+    assert StopStrings(tok, [")"]).cut(ids) == 9
+    assert StopStrings(tok, ["+4)", "="]).cut(ids) == 9  # a string spanning several tokens
+    assert StopStrings(tok, ["#"]).cut(ids) is None and StopStrings(tok, []).cut(ids) is None
+
+
+@pytest.mark.parametrize("overrides, why", [
+    (["rollout.env=nope"], "rollout.env"),
+    (["rollout.env=calculator", "rollout.partial=true", "trainer.mode=async"], "partial"),
+    (["rollout.env=calculator", "moe.routing_replay=r3"], "r3"),
+    (["rollout.env=calculator", "rollout.env_args.colour=1"], "env_args"),
+    (["rollout.max_turns=0"], "max_turns"),
+    (["task.name=arith_tools", "task.max_value=5"], "arith_tools"),
+])
+def test_the_config_refuses_what_multi_turn_cannot_run(overrides, why):
+    from rlreason.run import UserError, compose
+
+    with pytest.raises(UserError, match=why):
+        compose(overrides)
