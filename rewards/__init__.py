@@ -5,7 +5,7 @@ A verifier is a callable ``(completion: str, sample: dict) -> float`` (or return
 instances are such callables. Three ways to name one in ``reward.verifiers=[{name: ..., weight: ...}]``:
 
 - a registered name: the built-ins (``math``, ``format``, ``gsm8k``, ``choice``, ``exact``, ``regex``,
-  ``reasoning_gym``) or one added with ``@register("name")``;
+  ``reasoning_gym``, ``code_tests``) or one added with ``@register("name")``;
 - an import path ``module:attr`` (a module on ``sys.path``, e.g. ``my_team.verifiers:score``);
 - a Python entry point in the group ``rlreason.verifiers`` of any installed package
   (``[project.entry-points."rlreason.verifiers"] team_judge = "team_pkg.judge:Judge"``).
@@ -56,6 +56,7 @@ BUILTIN: dict[str, str] = {
     "exact": "rewards.text:exact_verifier",
     "regex": "rewards.text:regex_verifier",
     "reasoning_gym": "rewards.reasoning_gym:reasoning_gym_verifier",
+    "code_tests": "rewards.code_tests:code_tests_verifier",
 }
 for _name, _path in BUILTIN.items():
     VERIFIERS.register_path(_name, _path)

@@ -132,6 +132,16 @@ def load_task(task_cfg, validators: Iterable[Callable] = (), report: list | None
         return jsonl_splits(task_cfg, checker)
     if task_cfg.name == "reasoning_gym":
         return reasoning_gym_splits(task_cfg, checker)
+    if task_cfg.name == "arith_tools":
+        from rlreason.data import arith_tools
+
+        return arith_tools.make_splits(task_cfg.seed, task_cfg.num_train, task_cfg.num_eval, task_cfg.max_value, task_cfg.ops,
+                                       task_cfg.instruction, task_cfg.eval_fraction)
+    if task_cfg.name == "code_tests":
+        from rlreason.data import code_problems
+
+        return code_problems.make_splits(task_cfg.num_train, task_cfg.num_eval, task_cfg.seed, task_cfg.instruction,
+                                         task_cfg.eval_set)
     raise ValueError(f"unknown task {task_cfg.name!r}")
 
 
