@@ -7,7 +7,7 @@ Each kind has one `Registry`. A name given in the config resolves, in this order
 2. an entry point of an installed package, in the group ``rlreason.<kind>s`` (e.g.
    ``[project.entry-points."rlreason.estimators"] my_adv = "team_pkg.adv:my_adv"``; the groups are
    rlreason.estimators, rlreason.loss_aggregations, rlreason.policy_losses, rlreason.curricula,
-   rlreason.verifiers and rlreason.engines);
+   rlreason.verifiers, rlreason.engines and rlreason.environments);
 3. an import path ``module:attr`` (a module on ``sys.path``, e.g. the working directory).
 
 A name that is none of these is an error that lists the known names. Built-ins whose modules are heavy

@@ -69,6 +69,7 @@ def test_every_plugin_kind_resolves_its_builtins():
     from rewards import VERIFIERS
     from rlreason.algos import ESTIMATORS
     from rlreason.algos.losses import LOSS_AGGREGATIONS, POLICY_LOSSES
+    from rlreason.envs.base import ENVS
     from rlreason.rollout.engine import ENGINES
 
     expected = {
@@ -76,11 +77,13 @@ def test_every_plugin_kind_resolves_its_builtins():
         LOSS_AGGREGATIONS: {"seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"},
         POLICY_LOSSES: {"ppo", "gspo", "gspo-token"},
         CURRICULA: {"uniform", "length_budget", "knapsack", "sec"},
-        VERIFIERS: {"math", "format", "gsm8k", "choice", "exact", "regex", "reasoning_gym"},
+        VERIFIERS: {"math", "format", "gsm8k", "choice", "exact", "regex", "reasoning_gym", "code_tests"},
         ENGINES: {"hf", "vllm"},
+        ENVS: {"single_turn", "calculator", "calculator_inline", "python"},
     }
     for reg, names in expected.items():
         assert names <= set(reg.names()), reg.kind
         for name in names:
             assert callable(reg.get(name)), (reg.kind, name)
     assert CURRICULA.entry_point_group == "rlreason.curricula" and ENGINES.entry_point_group == "rlreason.engines"
+    assert ENVS.entry_point_group == "rlreason.environments"

@@ -152,3 +152,13 @@ class CalculatorEnv(ToolEnv):
 
     def __init__(self, max_turns: int = 4, timeout_s: float = 5.0, call_format: str = "hermes", observation: str = "{output}"):
         super().__init__({"calculator": calculator_tool}, call_format, max_turns, timeout_s, observation=observation)
+
+
+@ENVS.register("calculator_inline")
+class InlineCalculatorEnv(CalculatorEnv):
+    """The calculator inline in plain text: the policy writes `calculator(47*29)` (stop string ")"), the reply
+    `=1363` continues the line, and the policy goes on (`#1363`): for a policy without a chat template or
+    with a tiny vocabulary (task=arith_tools on the tiny policy)."""
+
+    def __init__(self, max_turns: int = 2, timeout_s: float = 5.0):
+        super().__init__(max_turns, timeout_s, call_format="paren", observation="={output}")
