@@ -39,6 +39,9 @@ SMOLLM2_INSTRUCTION = ("You can run Python: write a ```python code block that pr
 JOBS = {
     "tiny": ["task=arith_tools", "recipe=grpo", "warmstart.max_steps=300", "warmstart.target_accuracy=1.0",
              "rollout.max_new_tokens=32", "task.num_eval=200"],
+    # the control: the same warm start and RL without the tool (single turn: the policy computes "=1363" itself)
+    "tiny-notool": ["task=arith_tools", "recipe=grpo", "warmstart.max_steps=300", "warmstart.target_accuracy=1.0",
+                    "rollout.max_new_tokens=32", "task.num_eval=200", "rollout.env=single_turn"],
     "smollm2": ["model=smollm2", "task=arith_tools", "recipe=grpo", "task.ops=*", "task.num_eval=64",
                 f"task.instruction={json.dumps(SMOLLM2_INSTRUCTION)}", "rollout.env=python",
                 "rollout.env_args.timeout_s=5", "rollout.max_turns=2", "rollout.stop=['```\\n']",
@@ -49,19 +52,19 @@ JOBS = {
 
 def summarise(run_dir: Path) -> dict:
     steps = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    train = [m for m in steps if "env/tool_call_rate" in m]
+    train = [m for m in steps if "loss/policy" in m]
     evals = [m for m in steps if "accuracy/eval" in m]
     acc_key = "accuracy/eval"
     fifth = max(1, len(train) // 5)
 
-    def mean(rows, key):
-        return statistics.mean(m[key] for m in rows) if rows else float("nan")
+    def mean(rows, key):  # a single-turn run (the control) has no env/* metrics: no tool calls
+        return statistics.mean(m.get(key, 0.0) for m in rows) if rows else float("nan")
 
     return {
         "steps": len(train),
         "acc_before": evals[0][acc_key], "acc_after": evals[-1][acc_key],
-        "calls_before": evals[0].get("eval/env/tool_call_rate", float("nan")),
-        "calls_after": evals[-1].get("eval/env/tool_call_rate", float("nan")),
+        "calls_before": evals[0].get("eval/env/tool_call_rate", 0.0),
+        "calls_after": evals[-1].get("eval/env/tool_call_rate", 0.0),
         "train_calls_first": mean(train[:fifth], "env/tool_call_rate"), "train_calls_last": mean(train[-fifth:], "env/tool_call_rate"),
         "train_acc_first": mean(train[:fifth], "accuracy/train"), "train_acc_last": mean(train[-fifth:], "accuracy/train"),
         "tool_error_rate": mean(train, "env/tool_error_rate"),
@@ -132,7 +135,7 @@ def main() -> int:
     else:
         runs = [run(args.job, s, args.steps, out, args.extra) for s in seeds]
         (out / f"{args.job}.json").write_text(json.dumps(runs, indent=1))
-    n_eval = 200 if args.job == "tiny" else 64
+    n_eval = 64 if args.job == "smollm2" else 200
     table(args.job, runs, n_eval)
     return 0
 

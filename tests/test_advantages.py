@@ -52,6 +52,7 @@ def test_grpo_estimator_broadcasts_over_response_tokens():
         rewards = torch.tensor([1.0, 0.0])
         group_index = torch.tensor([0, 0])
         response_mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+        gen_mask = response_mask  # RolloutBatch.gen_mask: the sampled tokens (all of them in a single-turn batch)
 
     adv = ESTIMATORS.get("grpo")(B, AlgoConfig(std_ddof=0, adv_eps=0.0), {})
     assert adv.shape == (2, 3)
