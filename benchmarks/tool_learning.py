@@ -13,7 +13,8 @@ Jobs (each `rlreason/run.py task=arith_tools` with GRPO):
   the instruction in the prompt says so. No warm start: whatever tool use it shows is its own. 8 prompts x 6
   samples a step at temperature 0.7 (at 1.0 the 135M model rarely writes a runnable block: 15% of samples
   called the tool in a trial step, against 86% of greedy answers), up to 96 tokens a turn, 2 turns, 400 tokens
-  an episode; 64 held-out problems, greedy.
+  an episode; 64 held-out problems, greedy. With gradient checkpointing: a step holds up to 48 x 400 tokens,
+  more than a SmolLM2 learner step fits in 24 GiB without it (the first attempt was killed at 18.6 GB).
 
 Per run it keeps metrics.jsonl and summary.json under --out and prints one table: held-out greedy accuracy and
 tool-call rate before and after RL (mean over seeds, the binomial std of one eval beside the accuracy), the
@@ -46,7 +47,7 @@ JOBS = {
                 f"task.instruction={json.dumps(SMOLLM2_INSTRUCTION)}", "rollout.env=python",
                 "rollout.env_args.timeout_s=5", "rollout.max_turns=2", "rollout.stop=['```\\n']",
                 "rollout.max_new_tokens=96", "rollout.max_total_tokens=400", "rollout.prompts_per_step=8",
-                "rollout.group_size=6", "rollout.temperature=0.7", "eval_sampled=false"],
+                "rollout.group_size=6", "rollout.temperature=0.7", "eval_sampled=false", "learner.grad_checkpointing=true"],
 }
 
 

@@ -214,8 +214,9 @@ def test_rloo_and_drgrpo_by_hand():
     assert rloo_advantages(torch.tensor([1.0]), torch.zeros(1, dtype=torch.long)).item() == 0
     from types import SimpleNamespace
 
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 0, 0]])
     batch = SimpleNamespace(rewards=torch.tensor([1.0, 0.0, 0.0, 1.0]), group_index=torch.zeros(4, dtype=torch.long),
-                            response_mask=torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 0, 0]]))
+                            response_mask=mask, gen_mask=mask)  # gen_mask: RolloutBatch's sampled tokens
     adv = drgrpo(batch, AlgoConfig(), {})
     assert torch.equal(adv[:, 0], torch.tensor([0.5, -0.5, -0.5, 0.5]))  # r - mu, no std
     # Dr.GRPO's normaliser: sum of per-token values over G * L_gen (here 4 * 8)

@@ -28,11 +28,11 @@ class InProcessFleet:
     def __init__(self, worker, rollout_cfg):
         self.worker, self.cfg, self.pad_id = worker, rollout_cfg, worker.engine.pad_id
 
-    def generate(self, prompts, seed, greedy=False, n=None, max_new_tokens=None):
+    def generate(self, prompts, seed, greedy=False, n=None, max_new_tokens=None, samples=None):
         n = n or (1 if greedy else self.cfg.group_size)
         counts = n if isinstance(n, list) else [n] * len(prompts)
         return self.worker.generate(prompts, 0, counts, max_new_tokens or self.cfg.max_new_tokens, self.cfg.temperature,
-                                    self.cfg.top_p, greedy, seed)
+                                    self.cfg.top_p, greedy, seed, samples)
 
 
 def _batch(lengths: list[int], groups: list[int]) -> RolloutBatch:
