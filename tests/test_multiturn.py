@@ -238,3 +238,28 @@ def test_the_multi_turn_tool_task_and_the_code_task_run_from_the_cli(engine, tas
         assert metrics[0]["eval/env/turns_mean"] > 1.0 and metrics[0]["eval/env/obs_token_frac"] > 0.0
     else:
         assert all(m["verifier/error_rate"] == 0.0 for m in steps) and "reward/code_tests/mean" in steps[0]
+
+
+def test_tempo_on_multi_turn_keys_the_tree_on_every_id_and_gives_advantages_to_sampled_tokens_only():
+    """Two episodes of one group: the same first turn (5, 6) and the same tool reply (obs 7, 8), then different
+    second turns. The tree shares the nodes up to the branch (observations are edges like any other id), so the
+    branch-gated TD term appears only on the second turn's first token; the observation tokens get 0."""
+    from rlreason.algos.advantages import tempo
+    from rlreason.algos.tempo import tempo_advantages
+    from rlreason.batch import RolloutBatch
+    from rlreason.config import AlgoConfig
+
+    ids = torch.tensor([[5, 6, 7, 8, 1, 2], [5, 6, 7, 8, 3, 4]])
+    loss = torch.tensor([[1, 1, 0, 0, 1, 1], [1, 1, 0, 0, 1, 1]])
+    batch = RolloutBatch(prompt_ids=torch.ones(2, 1, dtype=torch.long), prompt_mask=torch.ones(2, 1, dtype=torch.long),
+                         response_ids=ids, response_mask=torch.ones(2, 6, dtype=torch.long), sampling_logprobs=torch.zeros(2, 6),
+                         group_index=torch.zeros(2, dtype=torch.long), rewards=torch.tensor([1.0, 0.0]), loss_mask=loss)
+    adv = tempo(batch, AlgoConfig(), {})
+    full = tempo_advantages(ids, batch.response_mask, batch.rewards, batch.group_index)
+    assert torch.equal(adv, full * loss)
+    assert (adv[:, 2:4] == 0).all()
+    # normalised rewards +-r (r = 1/sqrt 2); the branch node (after the observation) has value 0, its children +-r:
+    # the first token after the branch gets r + (V(child) - V(branch)) = +-2r, every other token +-r
+    r = 1 / 2 ** 0.5
+    assert torch.allclose(adv[0], torch.tensor([r, r, 0, 0, 2 * r, r]), atol=1e-4)
+    assert torch.allclose(adv[1], torch.tensor([-r, -r, 0, 0, -2 * r, -r]), atol=1e-4)
