@@ -152,3 +152,17 @@ def test_vllm_an_interrupted_greedy_generation_continues_to_the_same_tokens(tiny
     from conftest import interrupted_and_resumed
 
     interrupted_and_resumed(RolloutWorker("vllm", tiny_dense, threads=2), steps=3)
+
+
+def test_vllm_multi_turn_trains_on_the_sampled_ids_and_scores_them_where_they_were_sampled(tiny_dense):
+    """Multi-turn on vLLM (tests/test_multiturn.py's scripted tool, 3 turns, stop strings): the learner's ids are
+    the ids vLLM was fed and sampled, token for token, observations masked; and the learner's log-probs of the
+    sampled tokens, read in the whole episode, equal vLLM's, so every turn sits where it was sampled."""
+    from test_multiturn import check_token_exact, run_episodes
+
+    worker = RolloutWorker("vllm", tiny_dense, threads=2)
+    rec, batch, _ = run_episodes(worker.engine)
+    check_token_exact(rec, batch, ("a", "e", "1"))
+    learner = Learner(tiny_dense, LearnerConfig(threads=2), AlgoConfig(), 1.0, 16)
+    gen = batch.loss_mask.bool()
+    assert (learner.score_logprobs(batch) - batch.sampling_logprobs)[gen].abs().max() < TOL
