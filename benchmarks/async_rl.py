@@ -13,7 +13,8 @@ from the job's samples). Every arm uses `algo.tis_mode=token`, so the
 only difference is when the samples were generated. The seeds run one after another, the arms alternating.
 Per run it keeps `metrics.jsonl` and `summary.json` under `--out`, and prints one table: steps and wall
 time of the training steps, steps per hour, learner and rollout utilisation, staleness, the share of
-samples continued across a weight update (partial rollouts), and held-out accuracy (mean over seeds, with the binomial std of one eval beside it).
+samples continued across a weight update (partial rollouts), and held-out accuracy (mean over seeds, with the
+binomial std of one eval beside it).
 
 `--simulate`: engines on their own accelerators, simulated. Every decode step also sleeps `--latency`
 seconds (`rollout.simulated_step_latency_s`), which leaves the CPU to the learner as a separate device

@@ -1,7 +1,7 @@
 """Does the policy learn to call the tool when it helps? Multi-turn tool-use runs, several seeds.
 
     .venv/bin/python benchmarks/tool_learning.py --job tiny [--seeds 0,1,2] [--steps 60] [--out DIR] [-- extra overrides]
-    .venv/bin/python benchmarks/tool_learning.py --job smollm2 [--seeds 0,1,2] [--steps 12]
+    .venv/bin/python benchmarks/tool_learning.py --job smollm2 [--seeds 0,1,2] [--steps 10]
     .venv/bin/python benchmarks/tool_learning.py --tabulate --job tiny --out DIR   (the table of kept runs)
 
 Jobs (each `rlreason/run.py task=arith_tools` with GRPO):
@@ -10,12 +10,18 @@ Jobs (each `rlreason/run.py task=arith_tools` with GRPO):
   half directly (warmstart.direct_answer_fraction=0.5), so RL can be seen to move the tool-call rate.
 - `smollm2`: SmolLM2-135M-Instruct (LoRA) on products of two numbers up to 99 (beyond its mental arithmetic),
   with the Python tool: a ```python block is run in the sandbox and its output comes back as a tool message;
-  the instruction in the prompt says so. No warm start: whatever tool use it shows is its own. 8 prompts x 6
+  the instruction in the prompt says so (it ends in a literal "\\n\\n": Hydra does not decode escapes; kept, since
+  the held-out problems are chosen by a hash of the prompt text). No warm start: whatever tool use it shows is
+  its own. The runs in BENCHMARKS.md predate the decoding of escapes in `rollout.stop`: their stop string was a
+  backslash and an "n", never met, so a first turn ran on after its code block to EOS or its budget. 8 prompts x 6
   samples a step at temperature 0.5 (at 1.0 the 135M model rarely writes a runnable block: 15% of samples
   called the tool in a trial step, against 86% of greedy answers; at 0.7, 10-30%, and 2-10% of samples were
   right, mostly groups without signal), up to 96 tokens a turn, 2 turns, 400 tokens
   an episode; 64 held-out problems, greedy. With gradient checkpointing: a step holds up to 48 x 400 tokens,
   more than a SmolLM2 learner step fits in 24 GiB without it (the first attempt was killed at 18.6 GB).
+
+- `tiny-notool`, `smollm2-notool`: the controls, the same runs in one turn without the tool (SmolLM2 still reads
+  the instruction and writes its code block, which is never run).
 
 Per run it keeps metrics.jsonl and summary.json under --out and prints one table: held-out greedy accuracy and
 tool-call rate before and after RL (mean over seeds, the binomial std of one eval beside the accuracy), the
@@ -43,13 +49,17 @@ JOBS = {
              "rollout.max_new_tokens=32", "task.num_eval=200"],
     # the control: the same warm start and RL without the tool (single turn: the policy computes "=1363" itself)
     "tiny-notool": ["task=arith_tools", "recipe=grpo", "warmstart.max_steps=300", "warmstart.target_accuracy=1.0",
-                    "rollout.max_new_tokens=32", "task.num_eval=200", "rollout.env=single_turn"],
+                    "rollout.max_new_tokens=32", "task.num_eval=200", "rollout.env=single_turn", "rollout.stop=[]"],
     "smollm2": ["model=smollm2", "task=arith_tools", "recipe=grpo", "task.ops=*", "task.num_eval=64",
                 f"task.instruction={json.dumps(SMOLLM2_INSTRUCTION)}", "rollout.env=python",
                 "rollout.env_args.timeout_s=5", "rollout.max_turns=2", "rollout.stop=['```\\n']",
                 "rollout.max_new_tokens=96", "rollout.max_total_tokens=400", "rollout.prompts_per_step=8",
                 "rollout.group_size=6", "rollout.temperature=0.5", "eval_sampled=false", "learner.grad_checkpointing=true"],
 }
+# the control: the same prompts (so the same held-out problems) in one turn of both turns' tokens; the code it
+# writes is never run, whatever follows the block is the model's own
+JOBS["smollm2-notool"] = [o for o in JOBS["smollm2"] if not o.startswith(("rollout.env", "rollout.stop", "rollout.max_"))] + [
+    "rollout.env=single_turn", "rollout.stop=[]", "rollout.max_new_tokens=192"]
 
 
 def summarise(run_dir: Path) -> dict:
@@ -105,7 +115,8 @@ def table(job: str, runs: list[dict], n_eval: int) -> None:
     rows = [
         ("held-out accuracy", f"{m('acc_before'):.3f} ±{binom(m('acc_before')):.3f}", f"{m('acc_after'):.3f} ±{binom(m('acc_after')):.3f}",
          f"{sd('acc_before'):.3f} / {sd('acc_after'):.3f}"),
-        ("held-out tool-call rate", f"{m('calls_before'):.3f}", f"{m('calls_after'):.3f}", f"{sd('calls_before'):.3f} / {sd('calls_after'):.3f}"),
+        ("held-out tool-call rate", f"{m('calls_before'):.3f}", f"{m('calls_after'):.3f}",
+         f"{sd('calls_before'):.3f} / {sd('calls_after'):.3f}"),
         ("train tool-call rate (first/last fifth)", f"{m('train_calls_first'):.3f}", f"{m('train_calls_last'):.3f}",
          f"{sd('train_calls_first'):.3f} / {sd('train_calls_last'):.3f}"),
         ("train accuracy (first/last fifth)", f"{m('train_acc_first'):.3f}", f"{m('train_acc_last'):.3f}",
@@ -137,7 +148,7 @@ def main() -> int:
     else:
         runs = [run(args.job, s, args.steps, out, args.extra) for s in seeds]
         (out / f"{args.job}.json").write_text(json.dumps(runs, indent=1))
-    n_eval = 64 if args.job == "smollm2" else 200
+    n_eval = 64 if args.job.startswith("smollm2") else 200
     table(args.job, runs, n_eval)
     return 0
 

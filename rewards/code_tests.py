@@ -10,9 +10,9 @@ Two kinds of sample:
   compares them, so a program can pass a test only by returning the right value (printing, exiting 0
   early or reading files gets nothing). A test whose call raises, or that the timeout cut off, fails.
 - **check tests** (HumanEval): ``code_prompt`` (the function's signature and docstring), ``test`` (a
-  ``check(candidate)`` function of asserts) and ``entry_point``. The program is the prompt with the completion, the test and ``check(entry_point)``,
-  then a marker printed only if check returned; score 1 when the marker appears and the program exited 0,
-  else 0. (Here the asserts, expected values included, are in the program: HumanEval is for evaluation.)
+  ``check(candidate)`` function of asserts) and ``entry_point``. The program is the prompt with the completion,
+  the test and ``check(entry_point)``, then a marker printed only if check returned; score 1 when the marker
+  appears and the program exited 0, else 0. (Here the asserts, expected values included, are in the program: HumanEval is for evaluation.)
 
 What the model wrote (`code_of`): its last fenced Python block when it has one, else its raw text. A
 block that defines the entry point is a whole function; anything else continues the prompt (the body

@@ -9,7 +9,6 @@ the wrong type is caught by OmegaConf, and `validate()` checks ranges and choice
 from __future__ import annotations
 
 import inspect
-
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -388,7 +387,7 @@ class RolloutConfig:
     # max_new_tokens per turn. An observation that does not fit is cut and ends the episode
     max_total_tokens: int = 0
     # multi-turn: strings that end a model turn (e.g. "</tool_call>"); its sampled ids are kept up to and including
-    # the token that completes the string
+    # the token that completes the string. \n, \t and \\ in them are newline, tab and backslash
     stop: list[str] = field(default_factory=list)
 
     def check(self, cfg) -> None:
@@ -422,6 +421,9 @@ class RolloutConfig:
         _registered("rollout.env", self.env, ENVS)
         _positive("rollout.max_turns", self.max_turns)
         _positive("rollout.max_total_tokens", self.max_total_tokens, allow_zero=True)
+        if self.env == "single_turn" and (self.stop or self.env_args):  # silently unused, they would mislead
+            raise ConfigError("rollout.stop and rollout.env_args apply to multi-turn rollouts; with rollout.env=single_turn "
+                              "a response ends at EOS or max_new_tokens. Set rollout.env (docs/environments.md) or drop them")
         if self.env != "single_turn":
             if not hasattr(engine, "generate_ids"):
                 raise ConfigError(f"rollout.env={self.env}: rollout.engine={self.engine} cannot generate from token ids "

@@ -42,8 +42,6 @@ def test_a_fork_bomb_stops_at_the_process_limit_and_nothing_outlives_the_run():
     run = run_python(bomb, timeout_s=5, max_processes=8)
     assert run.status == "ok" and int(run.stdout) < 8
     if privileged():  # children that left the process group (setsid) are killed by uid
-        from rewards.sandbox import _processes_of
-
         time.sleep(0.2)
         assert not [p for p in os.listdir("/proc") if p.isdigit() and _is_sleeping_child(p)]
 

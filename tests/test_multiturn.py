@@ -184,12 +184,30 @@ def test_stop_strings_cut_where_the_text_first_contains_one():
     assert StopStrings(tok, ["#"]).cut(ids) is None and StopStrings(tok, []).cut(ids) is None
 
 
+def test_escapes_in_stop_strings_are_decoded_as_an_override_writes_them():
+    """Hydra hands `rollout.stop=["```\\n"]` over as a backslash and an "n"; the runner stops at the newline."""
+    from types import SimpleNamespace
+
+    from rlreason.data.tokenizer import build_char_tokenizer
+    from rlreason.rollout.episodes import EpisodeRunner
+    from rlreason.rollout.stop_strings import decode_escapes
+    from rlreason.run import compose
+
+    assert decode_escapes("a\\tb\\n") == "a\tb\n" and decode_escapes("\\\\n") == "\\n" and decode_escapes("\\d+") == "\\d+"
+    cfg, _ = compose(["rollout.env=python", 'rollout.stop=["```\\n"]'])
+    assert list(cfg.rollout.stop) == ["```\\n"]  # as Hydra gives it
+    runner = EpisodeRunner(SimpleNamespace(tokenizer=build_char_tokenizer()), lambda: None, 2, stop=list(cfg.rollout.stop))
+    assert runner.stops.strings == ["```\n"]
+
+
 @pytest.mark.parametrize("overrides, why", [
     (["rollout.env=nope"], "rollout.env"),
     (["rollout.env=calculator", "rollout.partial=true", "trainer.mode=async"], "partial"),
     (["rollout.env=calculator", "moe.routing_replay=r3"], "r3"),
     (["rollout.env=calculator", "rollout.env_args.colour=1"], "env_args"),
     (["rollout.max_turns=0"], "max_turns"),
+    (["rollout.stop=[')']"], "single_turn"),
+    (["rollout.env_args.timeout_s=5"], "single_turn"),
     (["task.name=arith_tools", "task.max_value=5"], "arith_tools"),
 ])
 def test_the_config_refuses_what_multi_turn_cannot_run(overrides, why):

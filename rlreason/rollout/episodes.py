@@ -36,7 +36,7 @@ from rlreason.batch import RolloutBatch, per_prompt_counts
 from rlreason.envs.base import Environment, Turn
 from rlreason.envs.render import ObservationRenderer
 from rlreason.envs.trajectory import Segment, Trajectory
-from rlreason.rollout.stop_strings import StopStrings
+from rlreason.rollout.stop_strings import StopStrings, decode_escapes
 
 ENV_STATS = ("turns", "tool_calls", "tool_errors", "tool_timeouts", "tool_s", "obs_tokens", "truncated")
 
@@ -58,7 +58,7 @@ class EpisodeRunner:
         self.engine, self.make_env = engine, make_env
         self.max_turns, self.max_total_tokens = max_turns, max_total_tokens or 1 << 30
         self.tokenizer = engine.tokenizer
-        self.stops = StopStrings(self.tokenizer, list(stop))
+        self.stops = StopStrings(self.tokenizer, [decode_escapes(s) for s in stop])  # an override's \n: a newline
         self.renderer = ObservationRenderer(self.tokenizer, use_template=chat_template)
         self.chat = chat_template
 
@@ -89,7 +89,7 @@ class EpisodeRunner:
                 turns = self._generate(trajs, live, budget, t, temperature, top_p, greedy, seed, version)
                 for k, turn in turns.items():
                     texts[k] = turn.text
-                results = list(pool.map(lambda k: envs[k].step(turns[k]), live))
+                results = list(pool.map(lambda k, turns=turns: envs[k].step(turns[k]), live))
                 still = []
                 for k, res in zip(live, results):
                     stats[k, col["turns"]] += 1

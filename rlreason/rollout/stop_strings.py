@@ -5,6 +5,17 @@ loop), and the episode runner cuts every turn at the same place, so both engines
 
 from __future__ import annotations
 
+import re
+
+# Hydra passes an override's "\n" through as a backslash and an "n": `rollout.stop=["```\n"]` would name a string
+# no model writes, and never end a turn. The escapes a stop string needs are decoded (`decode_escapes`).
+ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
+
+
+def decode_escapes(s: str) -> str:
+    r"""`\n`, `\t` and `\\` as newline, tab and backslash; any other backslash stays as written."""
+    return re.sub(r"\\([nt\\])", lambda m: ESCAPES[m.group(1)], s)
+
 
 class StopStrings:
     """Per-turn stop strings on sampled ids: where a turn's text first contains one of them."""
