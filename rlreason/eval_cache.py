@@ -6,7 +6,7 @@ each time (a third of a SmolLM2 run's wall time on 2 CPU cores). It is cached un
 `$RLREASON_CACHE/evals/<key>.json` (default `~/.cache/rlreason`), keyed by everything that decides
 its result: the policy's files (path, sizes, modification times), the eval prompts and answers, the
 sampling settings, the engine settings that shape the random stream, the verifier, and the source
-of the code that generates and scores (rollout/, evaluation.py, rewards/). `eval_cache=false`
+of the code that generates and scores (rollout/, envs/: multi-turn tools, evaluation.py, rewards/). `eval_cache=false`
 turns it off. Only the initial policy's evaluation is cached, never one after training.
 """
 
@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _code_digest() -> str:
     h = hashlib.sha256()
-    files = sorted([*(ROOT / "rlreason" / "rollout").glob("*.py"), ROOT / "rlreason" / "evaluation.py",
-                    *(ROOT / "rewards").glob("*.py")])
+    files = sorted([*(ROOT / "rlreason" / "rollout").glob("*.py"), *(ROOT / "rlreason" / "envs").glob("*.py"),
+                    ROOT / "rlreason" / "evaluation.py", *(ROOT / "rewards").glob("*.py")])
     for f in files:
         h.update(f.name.encode() + f.read_bytes())
     return h.hexdigest()
